@@ -1,0 +1,124 @@
+"""Real SavedModels built at test time, and a way to publish them as a server would see them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from tfprod.signature import CLASSIFY_METHOD, REGRESS_METHOD
+
+
+def _set_method_names(path: str, methods: dict[str, str]) -> None:
+    """tf.saved_model.save marks every signature 'predict'; classify/regress ones say otherwise."""
+    pb = os.path.join(path, "saved_model.pb")
+    saved = saved_model_pb2.SavedModel()
+    with open(pb, "rb") as f:
+        saved.ParseFromString(f.read())
+    for meta_graph in saved.meta_graphs:
+        for name, method in methods.items():
+            meta_graph.signature_def[name].method_name = method
+    with open(pb, "wb") as f:
+        f.write(saved.SerializeToString())
+
+
+class HalfPlusTwo(tf.Module):
+    """y = a*x + b, TF Serving's classic test model, with predict, classify and regress signatures."""
+
+    def __init__(self, a: float = 0.5, b: float = 2.0) -> None:
+        super().__init__()
+        self.a = tf.Variable(a)
+        self.b = tf.Variable(b)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": self.a * x + self.b}
+
+    def _y_of_examples(self, serialized: tf.Tensor, feature: str = "x") -> tf.Tensor:
+        parsed = tf.io.parse_example(serialized, {feature: tf.io.FixedLenFeature([1], tf.float32)})
+        return self.a * parsed[feature] + self.b
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"scores": self._y_of_examples(inputs)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"outputs": self._y_of_examples(inputs)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress_x2(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"outputs": self._y_of_examples(inputs, "x2")}
+
+
+def half_plus_two(path: str, a: float = 0.5, b: float = 2.0) -> HalfPlusTwo:
+    module = HalfPlusTwo(a, b)
+    tf.saved_model.save(module, path, signatures={
+        "serving_default": module.predict,
+        "classify_x_to_y": module.classify,
+        "regress_x_to_y": module.regress,
+        "regress_x2_to_y": module.regress_x2,
+    })
+    _set_method_names(path, {"classify_x_to_y": CLASSIFY_METHOD, "regress_x_to_y": REGRESS_METHOD,
+                             "regress_x2_to_y": REGRESS_METHOD})
+    return module
+
+
+class MultiIO(tf.Module):
+    """Several named inputs and outputs: float, int64, string (text and raw bytes)."""
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, 2], tf.float32, name="a"),
+        tf.TensorSpec([None], tf.int64, name="b"),
+        tf.TensorSpec([None], tf.string, name="text"),
+    ])
+    def predict(self, a: tf.Tensor, b: tf.Tensor, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {
+            "total": tf.reduce_sum(a, axis=1) + tf.cast(b, tf.float32),
+            "doubled": b * 2,
+            "length": tf.strings.length(text, unit="BYTE"),
+            "upper": tf.strings.upper(text),
+            "echo_bytes": text,
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float64, name="m")])
+    def scale(self, m: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"scaled": m * 10.0}
+
+
+def multi_io(path: str) -> MultiIO:
+    module = MultiIO()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.predict, "scale": module.scale})
+    return module
+
+
+def digits_classifier(path: str, epochs: int = 3) -> tuple[tf.keras.Model, np.ndarray]:
+    """A small Keras MLP on scikit-learn's bundled digits, exported with Keras 3's export."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([
+        tf.keras.Input((64,), name="pixels"),
+        tf.keras.layers.Dense(32, activation="relu"),
+        tf.keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    model.export(path, verbose=False)
+    return model, x
+
+
+def publish(src: str, base_path: str, version: int) -> str:
+    """Copy a SavedModel into `base_path/version` atomically (copy aside, then rename)."""
+    os.makedirs(base_path, exist_ok=True)
+    tmp = os.path.join(base_path, f".tmp-{uuid.uuid4().hex}")
+    shutil.copytree(src, tmp)
+    dest = os.path.join(base_path, str(version))
+    os.rename(tmp, dest)
+    return dest

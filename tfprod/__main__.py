@@ -1,0 +1,5 @@
+import sys
+
+from tfprod.cli import main
+
+sys.exit(main())

@@ -1,0 +1,268 @@
+"""TF Serving's REST API (v1), plus a model list, health endpoints and Prometheus metrics.
+
+A thin adapter: it routes with TF Serving's path grammar (http_rest_api_handler.cc), reads the
+body within bounds, and hands the rest to `Service` on a worker thread (JSON decoding and the
+model call are CPU work that must not stall the event loop). Status codes are chosen here only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import re
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+
+from tfprod.codec import example, json_tensor
+from tfprod.core.manager import VersionStatus
+from tfprod.errors import Code, ServingError, invalid
+from tfprod.metrics import ServingMetrics
+from tfprod.server_core import ServerCore
+from tfprod.service import ModelSpec, Service
+from tfprod.signature import DEFAULT_SIGNATURE
+
+log = logging.getLogger("tfprod.rest")
+
+HTTP_STATUS = {
+    Code.OK: 200, Code.CANCELLED: 499, Code.UNKNOWN: 500, Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504, Code.NOT_FOUND: 404, Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403, Code.RESOURCE_EXHAUSTED: 429, Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409, Code.OUT_OF_RANGE: 400, Code.UNIMPLEMENTED: 501, Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503, Code.DATA_LOSS: 500, Code.UNAUTHENTICATED: 401,
+}
+
+_NAME = r"([^/:]+)"
+_VERSION = rf"(?:/versions/(\d+)|/labels/{_NAME})?"
+_POST = re.compile(rf"/v1/models/{_NAME}{_VERSION}:(classify|regress|predict)", re.IGNORECASE)
+_GET = re.compile(rf"/v1/models(?:/{_NAME}{_VERSION}(/metadata)?)?/?", re.IGNORECASE)
+_V1 = re.compile(r"/v1/", re.IGNORECASE)
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
+_JSON = "application/json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RestOptions:
+    timeout_s: float = 30.0
+    enable_cors: bool = False
+    metrics_path: str | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    num_threads: int = 8
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RestApi:
+    """The ASGI application serving the REST port."""
+
+    def __init__(
+        self,
+        service: Service,
+        core: ServerCore,
+        metrics: ServingMetrics,
+        registry: CollectorRegistry,
+        options: RestOptions,
+    ) -> None:
+        self._service = service
+        self._core = core
+        self._metrics = metrics
+        self._registry = registry
+        self._options = options
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=options.num_threads, thread_name_prefix="tfprod-rest"
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        path = scope["path"]
+        if _V1.match(path):
+            response = await self._v1(request)
+            if self._options.enable_cors:
+                response.headers.update(_CORS)
+        elif path == "/healthz":
+            response = _json_response(200, {"status": "alive"})
+        elif path == "/readyz":
+            waiting = self._core.not_ready()
+            response = _json_response(503 if waiting else 200,
+                                      {"status": "not ready", "waiting_for": waiting} if waiting else {"status": "ready"})
+        elif self._options.metrics_path and path == self._options.metrics_path:
+            response = Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+        else:
+            response = _error_response(ServingError(Code.NOT_FOUND, f"Malformed request: {request.method} {path}"))
+        await response(scope, receive, send)
+
+    async def _v1(self, request: Request) -> Response:
+        method = request.method
+        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+        path = raw_path.decode("latin-1").split("?", 1)[0]
+        if method == "OPTIONS":
+            origin = request.headers.get("origin", "")
+            return Response(status_code=200 if re.match(r"https?://", origin) else 400)
+        started = time.perf_counter()
+        model, api = "", ""
+        try:
+            if method == "POST" and (m := _POST.fullmatch(path)):
+                spec, api = _spec(m), m.group(4).lower()
+                model = spec.name
+                body = await self._body(request)
+                handler: Callable[[], bytes] = lambda: self._post(api, spec, body)  # noqa: E731
+            elif method == "GET" and (m := _GET.fullmatch(path)):
+                if m.group(1) is None:
+                    handler = self._list_models
+                else:
+                    spec = _spec(m)
+                    model = spec.name
+                    handler = (lambda: self._metadata(spec)) if m.group(4) else (lambda: self._status(spec))
+            else:
+                raise invalid(f"Malformed request: {method} {path}")
+            content = await self._run(handler)
+            status = "OK"
+            return Response(content, media_type=_JSON)
+        except ServingError as e:
+            status = e.code.name
+            return _error_response(e)
+        except _TooLarge:
+            status = Code.RESOURCE_EXHAUSTED.name
+            return _json_response(413, {"error": f"Request body is larger than the limit of "
+                                                 f"{self._options.max_body_bytes} bytes"})
+        except Exception as e:  # a bug must answer 500 and leave the server serving
+            log.exception("internal error on %s %s", method, path)
+            status = Code.INTERNAL.name
+            return _error_response(ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
+        finally:
+            self._metrics.record_request(model, status, api, "REST", time.perf_counter() - started)
+
+    async def _run(self, handler: Callable[[], bytes]) -> bytes:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, handler)
+        try:
+            return await asyncio.wait_for(future, timeout=self._options.timeout_s)
+        except TimeoutError:
+            raise ServingError(Code.DEADLINE_EXCEEDED,
+                               f"Request timed out after {self._options.timeout_s * 1000:.0f} ms "
+                               "(--rest_api_timeout_in_ms)") from None
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self._options.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _TooLarge
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                body = decompressor.decompress(body, limit + 1)
+            except zlib.error as e:
+                raise invalid(f"Request body is not valid gzip: {e}") from None
+            if len(body) > limit or decompressor.unconsumed_tail:
+                raise _TooLarge
+        return body
+
+    # -- handlers: run on worker threads ------------------------------------------------
+
+    def _post(self, api: str, spec: ModelSpec, body: bytes) -> bytes:
+        doc = json_tensor.parse_object(body)
+        spec = dataclasses.replace(spec, signature_name=json_tensor.signature_name(doc, DEFAULT_SIGNATURE))
+        if api == "predict":
+            row_format = "instances" in doc
+            pred = self._service.predict(spec, lambda sig: json_tensor.parse_predict(doc, sig)[0])
+            return json_tensor.format_predict(pred.outputs, row_format)
+        examples = example.parse_examples(doc, api)
+        if api == "classify":
+            _, classes, scores = self._service.classify(spec, examples)
+            return example.format_classify(classes, scores, len(examples))
+        _, outputs = self._service.regress(spec, examples)
+        return example.format_regress(outputs)
+
+    def _status(self, spec: ModelSpec) -> bytes:
+        return json_tensor.dumps(_status_doc(self._service.status(spec.name, spec.version, spec.label)))
+
+    def _metadata(self, spec: ModelSpec) -> bytes:
+        version, meta_graph = self._service.metadata(spec)
+        model_spec = model_pb2.ModelSpec(name=spec.name)
+        model_spec.version.value = version
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, sig in meta_graph.signature_def.items():
+            sig_map.signature_def[name].CopyFrom(sig)
+        return json_tensor.dumps({"model_spec": _to_dict(model_spec),
+                                  "metadata": {"signature_def": _to_dict(sig_map)}})
+
+    def _list_models(self) -> bytes:
+        return json_tensor.dumps({"models": [
+            {"name": name, **_status_doc(statuses), "version_labels": {k: str(v) for k, v in labels.items()}}
+            for name, (statuses, labels) in self._service.models().items()
+        ]})
+
+
+def _spec(m: re.Match[str]) -> ModelSpec:
+    name = unquote(m.group(1))
+    version = m.group(2)
+    if version is not None and int(version) > 2**63 - 1:
+        raise invalid(f"Failed to convert version: {version} to numeric.")
+    label = unquote(m.group(3)) if m.group(3) else None
+    return ModelSpec(name, int(version) if version is not None else None, label)
+
+
+def _status_doc(statuses: list[VersionStatus]) -> dict[str, Any]:
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for s in statuses:
+        entry = response.model_version_status.add(version=s.version, state=s.state.value)
+        entry.status.error_code = s.error.code.value if s.error else 0
+        entry.status.error_message = s.error.message if s.error else ""
+    return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+
+
+def _to_dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
+                                      preserving_proto_field_name=True)
+
+
+def _json_response(status: int, doc: Any) -> Response:
+    return Response(json_tensor.dumps(doc), status_code=status, media_type=_JSON)
+
+
+def _error_response(error: ServingError) -> Response:
+    return Response(json_tensor.format_error(error.message), status_code=HTTP_STATUS.get(error.code, 500),
+                    media_type=_JSON)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

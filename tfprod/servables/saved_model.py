@@ -1,0 +1,133 @@
+"""The SavedModel loader and servable: the only place that runs TensorFlow for a request."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from tfprod.core.manager import ServableId
+from tfprod.errors import Code, ServingError, invalid
+from tfprod.signature import Signature, TensorInfo
+
+MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def is_complete(path: str) -> bool:
+    """A version directory is worth loading once its graph file is there (written last)."""
+    return any(os.path.isfile(os.path.join(path, f)) for f in MODEL_FILES)
+
+
+def read_meta_graph(path: str, tags: frozenset[str]) -> meta_graph_pb2.MetaGraphDef:
+    saved = saved_model_pb2.SavedModel()
+    pb = os.path.join(path, "saved_model.pb")
+    if os.path.isfile(pb):
+        with open(pb, "rb") as f:
+            saved.ParseFromString(f.read())
+    else:
+        with open(os.path.join(path, "saved_model.pbtxt")) as f:
+            text_format.Parse(f.read(), saved)
+    for meta_graph in saved.meta_graphs:
+        if set(meta_graph.meta_info_def.tags) == tags:
+            return meta_graph
+    found = [sorted(m.meta_info_def.tags) for m in saved.meta_graphs]
+    raise ServingError(Code.NOT_FOUND, f"Could not find meta graph def matching supplied tags: "
+                       f"{{ {' '.join(sorted(tags))} }}. Tag sets in the SavedModel: {found}")
+
+
+def _tensor_info(alias: str, info: meta_graph_pb2.TensorInfo) -> TensorInfo:
+    shape = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
+    return TensorInfo(alias, info.dtype, shape)
+
+
+def signatures_of(meta_graph: meta_graph_pb2.MetaGraphDef) -> dict[str, Signature]:
+    return {
+        name: Signature(
+            name,
+            sig.method_name,
+            {k: _tensor_info(k, v) for k, v in sig.inputs.items()},
+            {k: _tensor_info(k, v) for k, v in sig.outputs.items()},
+        )
+        for name, sig in meta_graph.signature_def.items()
+    }
+
+
+def _check_shape(info: TensorInfo, arr: np.ndarray) -> None:
+    if info.shape is None:
+        return
+    expected = info.shape
+    if len(expected) != arr.ndim or any(e not in (-1, a) for e, a in zip(expected, arr.shape)):
+        raise invalid(f"input '{info.name}' has shape {list(arr.shape)} but the signature expects "
+                      f"{list(expected)} (-1: any size)")
+
+
+@dataclasses.dataclass
+class SavedModelServable:
+    id: ServableId
+    path: str
+    meta_graph: meta_graph_pb2.MetaGraphDef
+    signatures: dict[str, Signature]
+    _loaded: object
+    _functions: dict[str, object]
+
+    def signature(self, name: str) -> Signature:
+        sig = self.signatures.get(name)
+        if sig is None or name not in self._functions:
+            raise invalid(f'Serving signature name: "{name}" not found in signature def')
+        return sig
+
+    def run(self, sig: Signature, inputs: Mapping[str, np.ndarray],
+            output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        if set(inputs) != set(sig.inputs):
+            extra = sorted(set(inputs) - set(sig.inputs))
+            missing = sorted(set(sig.inputs) - set(inputs))
+            raise invalid(f"input size does not match signature: {len(inputs)}!={len(sig.inputs)} "
+                          f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(sig.inputs))}}}). "
+                          f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
+        for name, arr in inputs.items():
+            _check_shape(sig.inputs[name], arr)
+        fn = self._functions[sig.name]
+        try:
+            result = fn(**{k: tf.constant(v) for k, v in inputs.items()})  # type: ignore[operator]
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+            raise invalid(_tf_message(e)) from None
+        except tf.errors.OpError as e:
+            raise ServingError(Code(e.error_code), _tf_message(e)) from None
+        names = output_filter or tuple(sig.outputs)
+        return {k: result[k].numpy() for k in names}
+
+    def unload(self) -> None:
+        self._functions.clear()
+        self._loaded = None
+        gc.collect()
+
+
+_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|\s+File |\s*\[\[)")
+
+
+def _tf_message(e: Exception) -> str:
+    """TF's error text without the graph-execution boilerplate and node/stack decorations."""
+    message = getattr(e, "message", None) or str(e)
+    lines = [re.sub(r"\s*\[\[\{\{node .*$", "", line).strip() for line in message.splitlines()
+             if line.strip() and not _NOISE.match(line)]
+    return " ".join(line for line in lines if line) or type(e).__name__
+
+
+def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})) -> SavedModelServable:
+    if not is_complete(path):
+        raise ServingError(Code.NOT_FOUND, f"No SavedModel (saved_model.pb) in {path}")
+    meta_graph = read_meta_graph(path, tags)
+    try:
+        loaded = tf.saved_model.load(path, tags=sorted(tags))
+    except Exception as e:  # TF raises many types for corrupt or incompatible models
+        raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {_tf_message(e)}") from None
+    functions = dict(getattr(loaded, "signatures", {}))
+    signatures = {k: v for k, v in signatures_of(meta_graph).items() if k in functions}
+    return SavedModelServable(sid, path, meta_graph, signatures, loaded, functions)

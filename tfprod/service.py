@@ -1,0 +1,100 @@
+"""The transport-neutral core every front end delegates to (REST v1 now; gRPC and V2 next).
+
+Each call pins one version through a manager handle only for as long as the model runs, then
+answers plain data: front ends own the wire formats (`tfprod.codec`) and the status codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from tfprod.core.manager import Manager, VersionStatus
+from tfprod.errors import Code, ServingError, invalid, not_found
+from tfprod.servables.saved_model import SavedModelServable
+from tfprod.signature import DEFAULT_SIGNATURE, Signature
+
+Decode = Callable[[Signature], Mapping[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: int | None = None
+    label: str | None = None
+    signature_name: str = DEFAULT_SIGNATURE
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    version: int
+    signature: Signature
+    outputs: dict[str, np.ndarray]
+
+
+class Service:
+    def __init__(self, manager: Manager[SavedModelServable]) -> None:
+        self._manager = manager
+
+    def predict(self, spec: ModelSpec, decode: Decode, output_filter: tuple[str, ...] = ()) -> Prediction:
+        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
+            sig = servable.signature(spec.signature_name)
+            for name in output_filter:
+                if name not in sig.outputs:
+                    raise invalid(f"output tensor alias not found in signature: {name} Outputs expected "
+                                  f"to be in the set {{{','.join(sorted(sig.outputs))}}}.")
+            outputs = servable.run(sig, decode(sig), output_filter)
+        return Prediction(version, sig, outputs)
+
+    def classify(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """(version, classes, scores) for serialized tf.Examples on a classify-shaped signature."""
+        pred = self.predict(spec, _examples_decoder(examples, "classification"))
+        outputs = pred.outputs
+        if "classes" not in outputs and "scores" not in outputs:
+            raise invalid('Expected classification signature outputs to contain at least one of "classes" '
+                          f'or "scores". Signature outputs: {sorted(outputs)}')
+        return pred.version, outputs.get("classes"), outputs.get("scores")
+
+    def regress(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, np.ndarray]:
+        pred = self.predict(spec, _examples_decoder(examples, "regression"))
+        if len(pred.outputs) != 1:
+            raise invalid("Expected one output Tensor.")
+        return pred.version, next(iter(pred.outputs.values()))
+
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
+        if label is not None:
+            version = self._manager.labels(name).get(label)
+            if version is None:
+                raise invalid(f"Unrecognized servable version label: {label}")
+        statuses = self._manager.status(name)
+        if version is not None:
+            statuses = [s for s in statuses if s.version == version]
+            if not statuses:
+                raise not_found(f"Could not find version {version} of model {name}")
+        if not statuses:
+            raise not_found(f"Could not find any versions of model {name}")
+        return statuses
+
+    def metadata(self, spec: ModelSpec) -> tuple[int, meta_graph_pb2.MetaGraphDef]:
+        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
+            return version, servable.meta_graph
+
+    def models(self) -> dict[str, tuple[list[VersionStatus], dict[str, int]]]:
+        return {m: (self._manager.status(m), self._manager.labels(m)) for m in self._manager.models()}
+
+
+def _examples_decoder(examples: list[bytes], kind: str) -> Decode:
+    def decode(sig: Signature) -> dict[str, np.ndarray]:
+        if len(sig.inputs) != 1:
+            raise invalid("Expected one input Tensor.")
+        name, info = next(iter(sig.inputs.items()))
+        if not info.is_string:
+            raise ServingError(Code.INVALID_ARGUMENT, f"No {kind} inputs found in SignatureDef: input "
+                               f"'{name}' is {info.dtype_name}, not serialized tf.Examples (DT_STRING)")
+        arr = np.empty(len(examples), dtype=object)
+        arr[:] = examples
+        return {name: arr}
+    return decode

@@ -1,0 +1,60 @@
+"""What a codec needs to know about a signature: names, dtypes, shapes. Built once per load."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+DEFAULT_SIGNATURE = "serving_default"
+
+# TF DataType enum value -> (TF name, numpy dtype). numpy `object` holds DT_STRING as bytes.
+DTYPES: dict[int, tuple[str, np.dtype]] = {
+    1: ("DT_FLOAT", np.dtype(np.float32)),
+    2: ("DT_DOUBLE", np.dtype(np.float64)),
+    3: ("DT_INT32", np.dtype(np.int32)),
+    4: ("DT_UINT8", np.dtype(np.uint8)),
+    5: ("DT_INT16", np.dtype(np.int16)),
+    6: ("DT_INT8", np.dtype(np.int8)),
+    7: ("DT_STRING", np.dtype(object)),
+    9: ("DT_INT64", np.dtype(np.int64)),
+    10: ("DT_BOOL", np.dtype(np.bool_)),
+    17: ("DT_UINT16", np.dtype(np.uint16)),
+    19: ("DT_HALF", np.dtype(np.float16)),
+    22: ("DT_UINT32", np.dtype(np.uint32)),
+    23: ("DT_UINT64", np.dtype(np.uint64)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    name: str  # the signature's alias for the tensor (the JSON key)
+    dtype_enum: int
+    shape: tuple[int, ...] | None  # None: unknown rank; -1: unknown dimension
+
+    @property
+    def dtype_name(self) -> str:
+        entry = DTYPES.get(self.dtype_enum)
+        return entry[0] if entry else f"DataType({self.dtype_enum})"
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        entry = DTYPES.get(self.dtype_enum)
+        if entry is None:
+            raise TypeError(f"tensor {self.name!r} has dtype {self.dtype_name}, which tfprod cannot carry")
+        return entry[1]
+
+    @property
+    def is_string(self) -> bool:
+        return self.dtype_enum == 7
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    name: str
+    method_name: str
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
