@@ -82,7 +82,7 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def _serve(argv: Sequence[str]) -> int:
     args = serve_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tfprod.api.rest import RestOptions
     from tfprod.config.model_config import ConfigError, ModelConfig, read_model_config_file, read_monitoring_config

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -277,7 +276,7 @@ def _plain(value: Any) -> Any:
         value = np.asarray(value)
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "f":
-            return np.frompyfunc(lambda x: float(str(x)) if math.isfinite(x) else float(x), 1, 1)(value).tolist()
+            return value.astype(str).astype(np.float64).tolist()  # float32's shortest repr, as doubles
         return value.tolist()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

@@ -1,0 +1,27 @@
+# One command each: `make demo` and `make test`. Both install what they need first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+demo: install
+	$(BIN)/tfprod demo
+
+test: install
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check tfprod tests
+	$(BIN)/mypy tfprod
+
+clean:
+	rm -rf $(VENV) models build *.egg-info
