@@ -75,7 +75,7 @@ def test_parse_predict(doc: dict[str, Any], signature: Signature, expected: dict
     pytest.param({"instances": [1, 2]}, TWO, "expecting list of objects", id="plain-list-multi-input"),
     pytest.param({"instances": [{"a": [1, 2]}]}, TWO, "must only have keys: a,b", id="missing-key"),
     pytest.param({"instances": [{"a": [1, 2], "b": 1, "c": 2}]}, TWO, "must only have keys: a,b", id="extra-key"),
-    pytest.param({"instances": [{"a": [1, 2], "b": 1}, [1]]}, TWO, "Expecting object but got list at item 1",
+    pytest.param({"instances": [{"a": [1, 2], "b": 1}, [1]]}, TWO, "Expecting object but got value/list at item 1",
                  id="mixed-rows"),
     pytest.param({"inputs": {"a": [[1, 2]]}}, TWO, "Missing named input: b", id="columns-missing"),
     pytest.param({"inputs": [1]}, TWO, "expecting an object as multiple input tensors", id="columns-plain-multi"),

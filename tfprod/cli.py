@@ -84,6 +84,13 @@ def _serve(argv: Sequence[str]) -> int:
     args = serve_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not (args.model_config_file or args.model_base_path):
+        return _fail("give --model_base_path (with --model_name) or --model_config_file")
+    if args.rest_api_port <= 0:
+        return _fail("--rest_api_port is 0, so REST is off, and this release serves REST only: "
+                     "pass --rest_api_port=8501")
+    if args.rest_api_port == args.port:
+        return _fail(f"--rest_api_port and --port are both {args.port}: give them different ports")
     from tfprod.api.rest import RestOptions
     from tfprod.config.model_config import ConfigError, ModelConfig, read_model_config_file, read_monitoring_config
     from tfprod.server import ServerOptions, run
@@ -91,19 +98,11 @@ def _serve(argv: Sequence[str]) -> int:
     try:
         if args.model_config_file:
             models = read_model_config_file(args.model_config_file)
-        elif args.model_base_path:
-            models = [ModelConfig(args.model_name, os.path.abspath(args.model_base_path))]
         else:
-            raise ConfigError("give --model_base_path (with --model_name) or --model_config_file")
+            models = [ModelConfig(args.model_name, os.path.abspath(args.model_base_path))]
         metrics_path = read_monitoring_config(args.monitoring_config_file) if args.monitoring_config_file else None
-        if args.rest_api_port <= 0:
-            raise ConfigError("--rest_api_port is 0, so REST is off, and this release serves REST only: "
-                              "pass --rest_api_port=8501")
-        if args.rest_api_port == args.port:
-            raise ConfigError(f"--rest_api_port and --port are both {args.port}: give them different ports")
     except ConfigError as e:
-        print(f"tfprod serve: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(str(e))
     tags = frozenset(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     run(ServerOptions(
         models=tuple(models),
@@ -125,6 +124,11 @@ def _serve(argv: Sequence[str]) -> int:
         ),
     ))
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"tfprod serve: error: {message}", file=sys.stderr)
+    return 1
 
 
 def _demo(argv: Sequence[str]) -> int:

@@ -6,9 +6,12 @@ Nothing else wires parts together, registers collectors or installs signal handl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 from prometheus_client.registry import CollectorRegistry
@@ -40,10 +43,26 @@ class ServerOptions:
     rest: RestOptions = RestOptions()
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful stop, which would kill the process before
+    models unload and exit with -15; here a signal only starts the graceful stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
 async def _serve(options: ServerOptions, app: RestApi) -> None:
     config = uvicorn.Config(app, host=options.host, port=options.rest_api_port, log_config=None,
                             access_log=False, lifespan="on", timeout_keep_alive=30)
-    await uvicorn.Server(config).serve()
+    await _Uvicorn(config).serve()
 
 
 def run(options: ServerOptions) -> None:

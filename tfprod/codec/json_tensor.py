@@ -206,7 +206,7 @@ def _parse_instances(instances: Any, sig: Signature) -> dict[str, np.ndarray]:
     columns: dict[str, list[Any]] = {n: [] for n in names}
     for i, inst in enumerate(instances):
         if not isinstance(inst, dict) or _is_b64(inst):
-            raise invalid(f"Expecting object but got list at item {i} of input list")
+            raise invalid(f"Expecting object but got value/list at item {i} of input list")
         if set(inst) != set(names):
             raise invalid(f"Failed to process element: {i} of 'instances' list. JSON object: "
                           f"{_show(inst)} must only have keys: {_names(names)}")
