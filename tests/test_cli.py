@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 import pytest
-
 from conftest import ServerProcess
+
 from tfprod.cli import serve_parser
 
 TF_SERVING_FLAGS = [

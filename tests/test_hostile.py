@@ -9,7 +9,6 @@ import socket
 from typing import Any
 
 import pytest
-
 from conftest import ServerProcess
 
 LIMIT = 256 * 1024
@@ -31,10 +30,11 @@ def assert_still_serving(server: ServerProcess) -> None:
     pytest.param(b"", {}, 400, "The document is empty", id="empty"),
     pytest.param(b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, 400, "JSON Parse error",
                  id="100k-deep-nesting"),
-    pytest.param(b'{"instances": [NaN, ' + b"[" * 50_000 + b"]" * 50_000 + b"]}", {}, 400, "nested too deeply",
-                 id="deep-nesting-slow-path"),
+    pytest.param(b'{"instances": [NaN, ' + b"[" * 50_000 + b"]" * 50_000 + b"]}", {}, 400,
+                 "nested too deeply", id="deep-nesting-slow-path"),
     pytest.param(b'{"instances": [[1, 2], [3]]}', {}, 400, "Expecting shape [2] but got: [1]", id="ragged"),
-    pytest.param(b'{"instances": [{"x": 1.0}, 2.0]}', {}, 400, "Expecting object but got value/list at item 1", id="mixed"),
+    pytest.param(b'{"instances": [{"x": 1.0}, 2.0]}', {}, 400, "Expecting object but got value/list at item 1",
+                 id="mixed"),
     pytest.param(b'{"instances": ["1.0"]}', {}, 400, "is not of expected type: DT_FLOAT", id="string-for-float"),
     pytest.param(b'{"instances": [1e400]}', {}, 400, "JSON Parse error", id="number-overflow"),
     pytest.param(b'{"signature_name": 5, "instances": [1.0]}', {}, 400, "'signature_name' key must be a string",

@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ServerProcess
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
-
-from conftest import ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ class ServingMetrics(Collector):
                                      "Tensorflow Serving request.", labels=["model_name", "API", "entrypoint"])
         for labels, (counts, total) in latency.items():
             cumulative, buckets = 0, []
-            for bound, c in zip([*map(_bound, LATENCY_BUCKETS_US), "+Inf"], counts):
+            for bound, c in zip([*map(_bound, LATENCY_BUCKETS_US), "+Inf"], counts, strict=True):
                 cumulative += c
                 buckets.append((bound, cumulative))
             hist.add_metric(list(labels), buckets, total)

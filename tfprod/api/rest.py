@@ -109,8 +109,8 @@ class RestApi:
             response = _json_response(200, {"status": "alive"})
         elif path == "/readyz":
             waiting = self._core.not_ready()
-            response = _json_response(503 if waiting else 200,
-                                      {"status": "not ready", "waiting_for": waiting} if waiting else {"status": "ready"})
+            ready = {"status": "not ready", "waiting_for": waiting} if waiting else {"status": "ready"}
+            response = _json_response(503 if waiting else 200, ready)
         elif self._options.metrics_path and path == self._options.metrics_path:
             response = Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
         else:

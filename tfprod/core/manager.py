@@ -239,7 +239,7 @@ class Manager(Generic[S]):
 
     def _step_locked(self) -> bool:
         acted = False
-        for model, harnesses in self._harnesses.items():
+        for harnesses in self._harnesses.values():
             for version in [v for v, h in harnesses.items() if h.state is State.END and not h.aspired]:
                 del harnesses[version]  # history stays in the monitor
             snapshots = [Snapshot(v, h.state, h.aspired) for v, h in harnesses.items()]

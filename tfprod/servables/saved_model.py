@@ -63,7 +63,7 @@ def _check_shape(info: TensorInfo, arr: np.ndarray) -> None:
     if info.shape is None:
         return
     expected = info.shape
-    if len(expected) != arr.ndim or any(e not in (-1, a) for e, a in zip(expected, arr.shape)):
+    if len(expected) != arr.ndim or any(e not in (-1, a) for e, a in zip(expected, arr.shape, strict=True)):
         raise invalid(f"input '{info.name}' has shape {list(arr.shape)} but the signature expects "
                       f"{list(expected)} (-1: any size)")
 
