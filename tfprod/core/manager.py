@@ -242,6 +242,7 @@ class Manager(Generic[S]):
         for harnesses in self._harnesses.values():
             for version in [v for v, h in harnesses.items() if h.state is State.END and not h.aspired]:
                 del harnesses[version]  # history stays in the monitor
+                self._cond.notify_all()  # stop() waits for this
             snapshots = [Snapshot(v, h.state, h.aspired) for v, h in harnesses.items()]
             action = next_action(snapshots)
             if action is None:
