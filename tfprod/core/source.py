@@ -122,9 +122,11 @@ class FileSystemSource:
         with self._lock:
             watches = list(self._watches.values())
         unsettled = False
+        present: set[str] = set()
         for watch in watches:
             ready: dict[int, str] = {}
             dirs = version_dirs(watch.base_path)
+            present.update(dirs.values())
             if not dirs and watch.base_path not in self._missing_logged:
                 log.warning("No versions of servable %s found under base path %s", watch.name, watch.base_path)
                 self._missing_logged.add(watch.base_path)
@@ -142,4 +144,5 @@ class FileSystemSource:
                 self._missing_logged.discard(watch.base_path)
             aspired = [AspiredVersion(v, ready[v]) for v in select(watch.policy, ready)]
             self._callback(watch.name, aspired)
+        self._seen = {path: fp for path, fp in self._seen.items() if path in present}
         return unsettled
