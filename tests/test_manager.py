@@ -193,3 +193,17 @@ def test_stop_unloads_everything(loader: Loader) -> None:
     manager.stop()
     assert servable.unloaded.is_set()
     assert state(manager, 1) is State.END
+
+
+def test_version_dropped_then_offered_again_is_reloaded(managed: tuple[Manager[Counter], Events],
+                                                        loader: Loader) -> None:
+    manager, _ = managed
+    aspire(manager, 1)
+    wait_state(manager, 1, State.AVAILABLE)
+    with manager.handle("m"):  # pins version 1 in UNLOADING
+        aspire(manager)
+        wait_state(manager, 1, State.UNLOADING)
+        aspire(manager, 1)  # offered again before the unload finished
+    assert eventually(lambda: loader.attempts[1] == 2 and manager.available_versions("m") == [1])
+    with manager.handle("m") as (version, servable):
+        assert version == 1 and not servable.unloaded.is_set()

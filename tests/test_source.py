@@ -32,10 +32,10 @@ def version(base: Path, n: str, with_graph: bool = True) -> Path:
     return d
 
 
-def make(tmp_path: Path, policy: Latest | All = Latest()) -> tuple[FileSystemSource, Recorder]:
+def make(tmp_path: Path, policy: Latest | All | None = None) -> tuple[FileSystemSource, Recorder]:
     recorder = Recorder()
     source = FileSystemSource(recorder, complete, SourceOptions(poll_wait_s=1))
-    source.set_watches([Watch("m", str(tmp_path), policy)])
+    source.set_watches([Watch("m", str(tmp_path), policy or Latest())])
     return source, recorder
 
 
@@ -101,3 +101,32 @@ def test_dropped_watch_gets_an_empty_list(tmp_path: Path) -> None:
     assert rec.last["m"] == [1]
     source.set_watches([])
     assert rec.last["m"] == []
+
+
+def test_serving_versions_are_held_while_their_successor_settles(tmp_path: Path) -> None:
+    source, rec = make(tmp_path)
+    version(tmp_path, "1")
+    source.poll()
+    source.poll()
+    assert rec.last["m"] == [1]
+    version(tmp_path, "2")
+    for f in sorted((tmp_path / "1").rglob("*"), reverse=True):  # "publish new, delete old" at once
+        f.unlink() if f.is_file() else f.rmdir()
+    (tmp_path / "1").rmdir()
+    assert source.poll() is True
+    assert rec.last["m"] == [1]  # version 1 keeps serving from memory until 2 has settled
+    assert source.poll() is False
+    assert rec.last["m"] == [2]
+
+
+def test_models_sharing_a_base_path_both_wait_for_settling(tmp_path: Path) -> None:
+    rec = Recorder()
+    source = FileSystemSource(rec, complete, SourceOptions())
+    source.set_watches([Watch("a", str(tmp_path), Latest()), Watch("b", str(tmp_path), Latest())])
+    d = version(tmp_path, "1")
+    for i in range(3):
+        (d / "saved_model.pb").write_bytes(b"g" * (10 + i))
+        source.poll()
+        assert rec.last == {"a": [], "b": []}
+    source.poll()
+    assert rec.last == {"a": [1], "b": [1]}

@@ -159,7 +159,8 @@ class Manager(Generic[S]):
             self._pending_labels[model] = pending
 
     def forget_model(self, model: str) -> None:
-        """Drop labels and history of a model removed from the config (after it unloaded)."""
+        """Drop the labels of a model removed from the config; its version history stays
+        visible (END), as in TF Serving's state monitor."""
         with self._cond:
             self._labels.pop(model, None)
             self._pending_labels.pop(model, None)
@@ -240,8 +241,14 @@ class Manager(Generic[S]):
     def _step_locked(self) -> bool:
         acted = False
         for harnesses in self._harnesses.values():
-            for version in [v for v, h in harnesses.items() if h.state is State.END and not h.aspired]:
-                del harnesses[version]  # history stays in the monitor
+            for version, h in list(harnesses.items()):
+                if h.state is not State.END or (h.aspired and h.error is not None):
+                    continue  # a failed version still offered is not retried on every poll
+                if h.aspired:  # unloaded, and wanted again: start afresh
+                    harnesses[version] = _Harness[S](h.id, h.path)
+                    self._record_locked(harnesses[version])
+                else:
+                    del harnesses[version]  # history stays in the monitor
                 self._cond.notify_all()  # stop() waits for this
             snapshots = [Snapshot(v, h.state, h.aspired) for v, h in harnesses.items()]
             action = next_action(snapshots)

@@ -4,8 +4,8 @@ Like TF Serving's FileSystemStoragePathSource it keeps no serving state: after e
 sends the manager the complete list of versions it wants for each model. Unlike TF Serving it
 never offers a version that is still being written: a version directory is offered only when
 it holds a model file (`is_complete`) and its files (names, sizes, mtimes) did not change
-between two scans. A directory seen for the first time is re-scanned after `settle_s`, so a
-finished version is picked up quickly while a half-copied one is not.
+between two scans. While a wanted version settles, scans run every `settle_s`, so a finished
+version is picked up quickly while a half-copied one is not.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class FileSystemSource:
         self._lock = threading.Lock()
         self._watches: dict[str, Watch] = {}
         self._seen: dict[str, Fingerprint] = {}  # version dir -> fingerprint at the last scan
+        self._sent: dict[str, list[AspiredVersion]] = {}  # model -> the last aspired list sent
         self._missing_logged: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -88,11 +89,12 @@ class FileSystemSource:
 
     def set_watches(self, watches: Sequence[Watch]) -> None:
         """Replace the models to watch; dropped models get an empty aspired list (unload)."""
-        with self._lock:
+        with self._lock:  # serialized with poll(): a scan in progress cannot revive a dropped model
             dropped = [name for name in self._watches if name not in {w.name for w in watches}]
             self._watches = {w.name: w for w in watches}
-        for name in dropped:
-            self._callback(name, [])
+            for name in dropped:
+                self._sent.pop(name, None)
+                self._callback(name, [])
         self._wake.set()
 
     def start(self) -> None:
@@ -118,31 +120,40 @@ class FileSystemSource:
             self._wake.clear()
 
     def poll(self) -> bool:
-        """Scan every watched base path once; True if some version is still settling."""
+        """Scan every watched base path once; True if some wanted version is still settling.
+
+        The version policy chooses among complete versions, settled or not. If its choice
+        includes one still settling, the model's previous list is sent again, so the versions
+        serving now keep serving (even if their directories were just deleted) until the new
+        one has settled and loaded.
+        """
         with self._lock:
-            watches = list(self._watches.values())
-        unsettled = False
-        present: set[str] = set()
-        for watch in watches:
-            ready: dict[int, str] = {}
-            dirs = version_dirs(watch.base_path)
-            present.update(dirs.values())
-            if not dirs and watch.base_path not in self._missing_logged:
-                log.warning("No versions of servable %s found under base path %s", watch.name, watch.base_path)
-                self._missing_logged.add(watch.base_path)
-            for version, path in dirs.items():
-                if not self._is_complete(path):
-                    self._seen.pop(path, None)
-                    continue
-                now = fingerprint(path)
-                if self._seen.get(path) == now:
-                    ready[version] = path
-                else:
-                    self._seen[path] = now
+            now: dict[str, Fingerprint] = {}  # one fingerprint per directory per scan
+            unsettled = False
+            for watch in self._watches.values():
+                complete: dict[int, str] = {}
+                settling: set[int] = set()
+                dirs = version_dirs(watch.base_path)
+                if not dirs and watch.base_path not in self._missing_logged:
+                    log.warning("No versions of servable %s found under base path %s", watch.name, watch.base_path)
+                    self._missing_logged.add(watch.base_path)
+                elif dirs:
+                    self._missing_logged.discard(watch.base_path)
+                for version, path in dirs.items():
+                    if not self._is_complete(path):
+                        continue
+                    if path not in now:
+                        now[path] = fingerprint(path)
+                    complete[version] = path
+                    if self._seen.get(path) != now[path]:
+                        settling.add(version)
+                chosen = select(watch.policy, complete)
+                if settling.intersection(chosen):
                     unsettled = True
-            if ready:
-                self._missing_logged.discard(watch.base_path)
-            aspired = [AspiredVersion(v, ready[v]) for v in select(watch.policy, ready)]
-            self._callback(watch.name, aspired)
-        self._seen = {path: fp for path, fp in self._seen.items() if path in present}
-        return unsettled
+                    aspired = self._sent.get(watch.name, [])
+                else:
+                    aspired = [AspiredVersion(v, complete[v]) for v in chosen]
+                self._sent[watch.name] = aspired
+                self._callback(watch.name, aspired)
+            self._seen = now
+            return unsettled
