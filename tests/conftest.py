@@ -73,11 +73,13 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Every test model, built once per session: half_plus_two (a=0.5,b=2 and a=2,b=1), multi_io, digits."""
+    """Every test model, built once per session: half_plus_two (a=0.5,b=2 and a=2,b=1), multi_io,
+    slow (busy-waits max(x) seconds), digits."""
     root = tmp_path_factory.mktemp("models")
     saved_models.half_plus_two(str(root / "half_plus_two" / "1"))
     saved_models.half_plus_two(str(root / "plus_one_x2"), a=2.0, b=1.0)
     saved_models.multi_io(str(root / "multi_io" / "1"))
+    saved_models.slow(str(root / "slow" / "1"))
     saved_models.digits_classifier(str(root / "digits" / "1"))
     return str(root)
 

@@ -96,6 +96,25 @@ def multi_io(path: str) -> MultiIO:
     return module
 
 
+class Slow(tf.Module):
+    """y = x, after busy-waiting max(x) seconds (wall clock), so a request is in flight long."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        seconds = tf.cast(tf.reduce_max(x), tf.float64)
+        start = tf.timestamp()
+        n, _ = tf.while_loop(lambda i, now: now - start < seconds,
+                             lambda i, now: (i + 1, tf.timestamp()),
+                             [tf.constant(0), start])
+        return {"y": x + 0.0 * tf.cast(n, tf.float32)}
+
+
+def slow(path: str) -> Slow:
+    module = Slow()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.predict})
+    return module
+
+
 def digits_classifier(path: str, epochs: int = 3) -> tuple[tf.keras.Model, np.ndarray]:
     """A small Keras MLP on scikit-learn's bundled digits, exported with Keras 3's export."""
     from sklearn.datasets import load_digits

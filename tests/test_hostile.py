@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -15,9 +16,13 @@ LIMIT = 256 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(model_dir: str, start_server: Any) -> ServerProcess:
-    return start_server(["--model_name=half_plus_two", f"--model_base_path={os.path.join(model_dir, 'half_plus_two')}",
-                         f"--rest_api_max_body_bytes={LIMIT}", "--rest_api_enable_cors_support=true"])
+def server(model_dir: str, start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+    config = tmp_path_factory.mktemp("hostile") / "models.config"
+    config.write_text("model_config_list { " + " ".join(
+        f'config {{ name: "{name}" base_path: "{os.path.join(model_dir, name)}" }}'
+        for name in ("half_plus_two", "slow")) + " }")
+    return start_server([f"--model_config_file={config}", f"--rest_api_max_body_bytes={LIMIT}",
+                         "--rest_api_enable_cors_support=true", "--rest_api_timeout_in_ms=1000"])
 
 
 def assert_still_serving(server: ServerProcess) -> None:
@@ -88,3 +93,14 @@ def test_many_bad_requests_then_good(server: ServerProcess) -> None:
         r = server.client.post("/v1/models/half_plus_two:predict", content=json.dumps({"instances": [[i] * (i % 3)]}))
         assert r.status_code == 400
     assert_still_serving(server)
+
+
+def test_request_past_the_timeout_gets_504(server: ServerProcess) -> None:
+    started = time.monotonic()
+    r = server.client.post("/v1/models/slow:predict", content=b'{"instances": [2.5]}')
+    assert r.status_code == 504
+    assert "timed out after 1000 ms" in r.json()["error"]
+    assert time.monotonic() - started < 2.4  # answered at the deadline, not when the model finished
+    assert_still_serving(server)
+    r = server.client.post("/v1/models/slow:predict", content=b'{"instances": [0.1]}')
+    assert (r.status_code, r.json()) == (200, {"predictions": [0.1]})

@@ -446,22 +446,8 @@ def test_startup_with_unparseable_model_config_file_fails_fast(tmp_path: Path) -
 # -- SIGTERM with requests in flight -----------------------------------------------------------
 
 
-class Slow(tf.Module):
-    """y = x, after busy-waiting max(x) seconds (wall clock), so a request is in flight long."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-    def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        seconds = tf.cast(tf.reduce_max(x), tf.float64)
-        start = tf.timestamp()
-        n, _ = tf.while_loop(lambda i, now: now - start < seconds,
-                             lambda i, now: (i + 1, tf.timestamp()),
-                             [tf.constant(0), start])
-        return {"y": x + 0.0 * tf.cast(n, tf.float32)}
-
-
 def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    module = Slow()
-    tf.saved_model.save(module, str(tmp_path / "slow" / "1"), signatures={"serving_default": module.predict})
+    saved_models.slow(str(tmp_path / "slow" / "1"))
     server = start_server([f"--model_base_path={tmp_path / 'slow'}", "--model_name=slow", *FAST_FLAGS])
     quick = server.client.post("/v1/models/slow:predict", json={"instances": [0.0]})
     assert quick.status_code == 200 and quick.json()["predictions"] == [0.0], quick.text
