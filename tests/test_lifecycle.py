@@ -26,7 +26,6 @@ from pathlib import Path
 import httpx
 import pytest
 import saved_models
-import tensorflow as tf
 from conftest import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
