@@ -148,7 +148,8 @@ def test_list_models_and_health(server: ServerProcess) -> None:
     pytest.param("POST", "/v1/models/digits:predict", {"instances": [[0.0] * 63]}, 400,
                  "input 'pixels' has shape [1, 63] but the signature expects [-1, 64]", id="wrong-width"),
     pytest.param("POST", "/v1/models/half_plus_two:classify", {"examples": [{"x": 1.0}]}, 400,
-                 "No classification inputs found", id="classify-on-predict-signature"),
+                 "Expected classification signature method_name to be tensorflow/serving/classify. "
+                 "Was: tensorflow/serving/predict", id="classify-on-predict-signature"),
     pytest.param("GET", "/v1/models/half_plus_two:predict", None, 400,
                  "Malformed request: GET /v1/models/half_plus_two:predict", id="get-on-predict"),
     pytest.param("POST", "/v1/models/half_plus_two/metadata", {}, 400, "Malformed request", id="post-on-metadata"),

@@ -7,7 +7,7 @@ answers plain data: front ends own the wire formats (`tfprod.codec`) and the sta
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
@@ -15,9 +15,10 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tfprod.core.manager import Manager, VersionStatus
 from tfprod.errors import Code, ServingError, invalid, not_found
 from tfprod.servables.saved_model import SavedModelServable
-from tfprod.signature import DEFAULT_SIGNATURE, Signature
+from tfprod.signature import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, Signature
 
 Decode = Callable[[Signature], Mapping[str, np.ndarray]]
+Classes = tuple[np.ndarray | None, np.ndarray | None]  # (classes, scores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,28 +42,32 @@ class Service:
 
     def predict(self, spec: ModelSpec, decode: Decode, output_filter: tuple[str, ...] = ()) -> Prediction:
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            sig = servable.signature(spec.signature_name)
-            for name in output_filter:
-                if name not in sig.outputs:
-                    raise invalid(f"output tensor alias not found in signature: {name} Outputs expected "
-                                  f"to be in the set {{{','.join(sorted(sig.outputs))}}}.")
-            outputs = servable.run(sig, decode(sig), output_filter)
+            sig, outputs = _run(servable, spec.signature_name, decode, output_filter)
         return Prediction(version, sig, outputs)
 
-    def classify(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, np.ndarray | None, np.ndarray | None]:
-        """(version, classes, scores) for serialized tf.Examples on a classify-shaped signature."""
-        pred = self.predict(spec, _examples_decoder(examples, "classification"))
-        outputs = pred.outputs
-        if "classes" not in outputs and "scores" not in outputs:
-            raise invalid('Expected classification signature outputs to contain at least one of "classes" '
-                          f'or "scores". Signature outputs: {sorted(outputs)}')
-        return pred.version, outputs.get("classes"), outputs.get("scores")
+    def classify(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, Classes]:
+        """(version, (classes, scores)) for serialized tf.Examples on a classify signature."""
+        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
+            return version, _classify(servable, spec.signature_name, examples)
 
     def regress(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, np.ndarray]:
-        pred = self.predict(spec, _examples_decoder(examples, "regression"))
-        if len(pred.outputs) != 1:
-            raise invalid("Expected one output Tensor.")
-        return pred.version, next(iter(pred.outputs.values()))
+        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
+            return version, _regress(servable, spec.signature_name, examples)
+
+    def multi_inference(self, spec: ModelSpec, tasks: Sequence[tuple[str, str]],
+                        examples: list[bytes]) -> tuple[int, list[Classes | np.ndarray]]:
+        """Several classify/regress signatures of one model version over the same examples.
+        `tasks` are (signature_name, method_name) pairs; results come back in their order."""
+        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
+            results: list[Classes | np.ndarray] = []
+            for signature_name, method in tasks:
+                if method == CLASSIFY_METHOD:
+                    results.append(_classify(servable, signature_name, examples))
+                elif method == REGRESS_METHOD:
+                    results.append(_regress(servable, signature_name, examples))
+                else:
+                    raise invalid(f"Unsupported signature method_name: {method}")
+            return version, results
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         if label is not None:
@@ -84,6 +89,39 @@ class Service:
 
     def models(self) -> dict[str, tuple[list[VersionStatus], dict[str, int]]]:
         return {m: (self._manager.status(m), self._manager.labels(m)) for m in self._manager.models()}
+
+
+def _run(servable: SavedModelServable, signature_name: str, decode: Decode,
+         output_filter: tuple[str, ...] = ()) -> tuple[Signature, dict[str, np.ndarray]]:
+    sig = servable.signature(signature_name)
+    for name in output_filter:
+        if name not in sig.outputs:
+            raise invalid(f"output tensor alias not found in signature: {name} Outputs expected "
+                          f"to be in the set {{{','.join(sorted(sig.outputs))}}}.")
+    return sig, servable.run(sig, decode(sig), output_filter)
+
+
+def _check_method(servable: SavedModelServable, signature_name: str, method: str, kind: str) -> None:
+    sig = servable.signature(signature_name)
+    if sig.method_name != method:
+        raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {sig.method_name}")
+
+
+def _classify(servable: SavedModelServable, signature_name: str, examples: list[bytes]) -> Classes:
+    _check_method(servable, signature_name, CLASSIFY_METHOD, "classification")
+    _, outputs = _run(servable, signature_name, _examples_decoder(examples, "classification"))
+    if "classes" not in outputs and "scores" not in outputs:
+        raise invalid('Expected classification signature outputs to contain at least one of "classes" '
+                      f'or "scores". Signature outputs: {sorted(outputs)}')
+    return outputs.get("classes"), outputs.get("scores")
+
+
+def _regress(servable: SavedModelServable, signature_name: str, examples: list[bytes]) -> np.ndarray:
+    _check_method(servable, signature_name, REGRESS_METHOD, "regression")
+    _, outputs = _run(servable, signature_name, _examples_decoder(examples, "regression"))
+    if len(outputs) != 1:
+        raise invalid("Expected one output Tensor.")
+    return next(iter(outputs.values()))
 
 
 def _examples_decoder(examples: list[bytes], kind: str) -> Decode:

@@ -201,7 +201,7 @@ class RestApi:
             return json_tensor.format_predict(pred.outputs, row_format)
         examples = example.parse_examples(doc, api)
         if api == "classify":
-            _, classes, scores = self._service.classify(spec, examples)
+            _, (classes, scores) = self._service.classify(spec, examples)
             return example.format_classify(classes, scores, len(examples))
         _, outputs = self._service.regress(spec, examples)
         return example.format_regress(outputs)

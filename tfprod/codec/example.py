@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
+from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
 from tfprod.codec.json_tensor import _decode_b64, _is_b64, _type_name, dumps
 from tfprod.errors import invalid
@@ -86,28 +87,71 @@ def parse_examples(doc: Mapping[str, Any], method: str) -> list[bytes]:
     return out
 
 
-def format_classify(classes: np.ndarray | None, scores: np.ndarray | None, n: int) -> bytes:
-    """Results as TF Serving writes them: per example a list of [label, score] pairs."""
+def examples_from_input(message: input_pb2.Input) -> list[bytes]:
+    """A gRPC `Input` -> serialized tf.Examples. With a context, context and example are serialized
+    back to back, which protobuf parses as a merge: the example wins where both set a feature."""
+    kind = message.WhichOneof("kind")
+    if kind == "example_list":
+        examples, context = list(message.example_list.examples), b""
+    elif kind == "example_list_with_context":
+        examples = list(message.example_list_with_context.examples)
+        context = message.example_list_with_context.context.SerializeToString()
+    else:
+        examples, context = [], b""
+    if not examples:
+        raise invalid("Input is empty.")
+    return [context + e.SerializeToString() for e in examples]
+
+
+def _class_pairs(classes: np.ndarray | None, scores: np.ndarray | None, n: int) -> list[list[tuple[str, Any]]]:
+    """Per example, its (label, score) pairs; a missing classes/scores output gives "" / 0."""
     if classes is not None and classes.ndim == 1:
         classes = classes[:, None]
     if scores is not None and scores.ndim == 1:
         scores = scores[:, None]
     width = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
+    for name, arr in (("classes", classes), ("scores", scores)):
+        if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
+            raise invalid(f"Expected {name} Tensor of shape [batch_size, num_classes] with batch_size {n}, "
+                          f"got {list(arr.shape)}")
     results = []
     for i in range(n):
         pairs = []
         for j in range(width):
             label = classes[i, j] if classes is not None else b""
             label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
-            score = scores[i, j] if scores is not None else 0.0
-            pairs.append([label, score])
+            pairs.append((label, scores[i, j] if scores is not None else 0.0))  # float32 kept for JSON
         results.append(pairs)
-    return dumps({"results": results})
+    return results
 
 
-def format_regress(outputs: np.ndarray) -> bytes:
-    values = outputs.reshape(outputs.shape[0], -1)
+def format_classify(classes: np.ndarray | None, scores: np.ndarray | None, n: int) -> bytes:
+    """Results as TF Serving writes them: per example a list of [label, score] pairs."""
+    return dumps({"results": [[list(p) for p in pairs] for pairs in _class_pairs(classes, scores, n)]})
+
+
+def classification_result(classes: np.ndarray | None, scores: np.ndarray | None,
+                          n: int) -> classification_pb2.ClassificationResult:
+    result = classification_pb2.ClassificationResult()
+    for pairs in _class_pairs(classes, scores, n):
+        result.classifications.add().classes.extend(
+            classification_pb2.Class(label=label, score=float(score)) for label, score in pairs)
+    return result
+
+
+def _regress_values(outputs: np.ndarray) -> np.ndarray:
+    values = outputs.reshape(outputs.shape[0], -1) if outputs.ndim else outputs.reshape(1, -1)
     if values.shape[1] != 1:
         raise invalid(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] "
                       f"but got {list(outputs.shape)}")
-    return dumps({"results": np.ascontiguousarray(values[:, 0])})
+    return np.ascontiguousarray(values[:, 0])
+
+
+def format_regress(outputs: np.ndarray) -> bytes:
+    return dumps({"results": _regress_values(outputs)})
+
+
+def regression_result(outputs: np.ndarray) -> regression_pb2.RegressionResult:
+    result = regression_pb2.RegressionResult()
+    result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in _regress_values(outputs))
+    return result
