@@ -57,7 +57,11 @@ def test_absl_negative_booleans() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     pytest.param(["--rest_api_port=8501"], "give --model_base_path", id="no-model"),
-    pytest.param(["--model_base_path=/tmp/x"], "--rest_api_port is 0", id="no-rest-port"),
+    pytest.param(["--port=0", "--model_base_path=/tmp/x"], "nothing to serve on", id="no-port"),
+    pytest.param(["--rest_api_port=8501", "--model_base_path=/tmp/x", "--grpc_channel_arguments=novalue"],
+                 "expected key=value", id="bad-channel-arguments"),
+    pytest.param(["--rest_api_port=8501", "--model_base_path=/tmp/x", "--ssl_config_file=/does/not/exist"],
+                 "cannot read --ssl_config_file", id="missing-ssl-config"),
     pytest.param(["--rest_api_port=8500", "--model_base_path=/tmp/x"], "both 8500", id="same-ports"),
     pytest.param(["--rest_api_port=8501", "--model_config_file=/does/not/exist"], "cannot read --model_config_file",
                  id="missing-config"),

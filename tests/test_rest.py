@@ -148,8 +148,7 @@ def test_list_models_and_health(server: ServerProcess) -> None:
     pytest.param("POST", "/v1/models/digits:predict", {"instances": [[0.0] * 63]}, 400,
                  "input 'pixels' has shape [1, 63] but the signature expects [-1, 64]", id="wrong-width"),
     pytest.param("POST", "/v1/models/half_plus_two:classify", {"examples": [{"x": 1.0}]}, 400,
-                 "Expected classification signature method_name to be tensorflow/serving/classify. "
-                 "Was: tensorflow/serving/predict", id="classify-on-predict-signature"),
+                 "No classification inputs found", id="classify-on-predict-signature"),
     pytest.param("GET", "/v1/models/half_plus_two:predict", None, 400,
                  "Malformed request: GET /v1/models/half_plus_two:predict", id="get-on-predict"),
     pytest.param("POST", "/v1/models/half_plus_two/metadata", {}, 400, "Malformed request", id="post-on-metadata"),
@@ -194,7 +193,7 @@ def test_prometheus_metrics_under_tf_serving_names(server: ServerProcess) -> Non
     ok = value(':tensorflow:serving:request_count{model_name="half_plus_two",status="OK"}')
     bad = value(':tensorflow:serving:request_count{model_name="half_plus_two",status="INVALID_ARGUMENT"}')
     assert ok >= 1 and bad >= 1
-    latency = ':tensorflow:serving:request_latency_count{API="predict",entrypoint="REST",model_name="half_plus_two"}'
+    latency = ':tensorflow:serving:request_latency_count{API="Predict",entrypoint="REST",model_name="half_plus_two"}'
     assert value(latency) >= 1
     assert any(line.startswith(":tensorflow:serving:request_latency_bucket{") for line in lines)
     assert value(':tfprod:serving:model_version_state{model_name="digits",version="1"}') == 30

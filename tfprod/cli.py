@@ -39,8 +39,19 @@ def serve_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     ports = p.add_argument_group("ports")
-    ports.add_argument("--port", type=int, default=8500, help="gRPC port (default: 8500; gRPC is served "
-                       "from the gRPC release on: accepted now so existing command lines work)")
+    ports.add_argument("--port", type=int, default=8500,
+                       help="gRPC port: TF Serving's and the V2 inference services; 0 turns the TCP port off "
+                            "(default: 8500)")
+    ports.add_argument("--grpc_socket_path", default="",
+                       help="also serve gRPC on this Unix socket path (default: none)")
+    ports.add_argument("--grpc_max_threads", type=int, default=4 * (os.cpu_count() or 1),
+                       help="worker threads running gRPC calls (default: 4 x CPUs)")
+    ports.add_argument("--grpc_channel_arguments", default="",
+                       help="gRPC server arguments, key=value,key=value; integer values are passed as ints "
+                            "(e.g. grpc.max_receive_message_length=67108864)")
+    ports.add_argument("--ssl_config_file", default="",
+                       help="SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): TLS, or "
+                            "mutual TLS with client_verify, on the gRPC port")
     ports.add_argument("--rest_api_port", type=int, default=0,
                        help="REST/HTTP port; 0 turns REST off (default: 0, as TF Serving)")
     ports.add_argument("--host", default="0.0.0.0", help="address to bind (tfprod; default: 0.0.0.0)")
@@ -72,6 +83,8 @@ def serve_parser() -> argparse.ArgumentParser:
                         help="comma-separated MetaGraphDef tags to load (default: serve)")
     _add_bool(models, "allow_version_labels_for_unavailable_models", False,
               "let a new label point at a version that is not yet AVAILABLE")
+    _add_bool(models, "enable_signature_method_name_check", False,
+              "classify/regress only on signatures whose method_name says so, as TF 1 servers did")
 
     observe = p.add_argument_group("monitoring")
     observe.add_argument("--monitoring_config_file", default="",
@@ -86,13 +99,19 @@ def _serve(argv: Sequence[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not (args.model_config_file or args.model_base_path):
         return _fail("give --model_base_path (with --model_name) or --model_config_file")
-    if args.rest_api_port <= 0:
-        return _fail("--rest_api_port is 0, so REST is off, and this release serves REST only: "
-                     "pass --rest_api_port=8501")
-    if args.rest_api_port == args.port:
+    if args.port <= 0 and args.rest_api_port <= 0 and not args.grpc_socket_path:
+        return _fail("--port and --rest_api_port are both 0 and there is no --grpc_socket_path: nothing to serve on")
+    if args.rest_api_port > 0 and args.rest_api_port == args.port:
         return _fail(f"--rest_api_port and --port are both {args.port}: give them different ports")
+    from tfprod.api.grpc_server import GrpcOptions, parse_channel_arguments
     from tfprod.api.rest import RestOptions
-    from tfprod.config.model_config import ConfigError, ModelConfig, read_model_config_file, read_monitoring_config
+    from tfprod.config.model_config import (
+        ConfigError,
+        ModelConfig,
+        read_model_config_file,
+        read_monitoring_config,
+        read_ssl_config,
+    )
     from tfprod.server import ServerOptions, run
 
     try:
@@ -101,28 +120,42 @@ def _serve(argv: Sequence[str]) -> int:
         else:
             models = [ModelConfig(args.model_name, os.path.abspath(args.model_base_path))]
         metrics_path = read_monitoring_config(args.monitoring_config_file) if args.monitoring_config_file else None
-    except ConfigError as e:
+        ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
+        channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
+    except (ConfigError, ValueError) as e:
         return _fail(str(e))
     tags = frozenset(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
-    run(ServerOptions(
-        models=tuple(models),
-        rest_api_port=args.rest_api_port,
-        host=args.host,
-        model_config_file=args.model_config_file,
-        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
-        max_num_load_retries=args.max_num_load_retries,
-        load_retry_interval_micros=args.load_retry_interval_micros,
-        saved_model_tags=tags,
-        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
-        rest=RestOptions(
-            timeout_s=args.rest_api_timeout_in_ms / 1000,
-            enable_cors=args.rest_api_enable_cors_support,
-            metrics_path=metrics_path,
-            max_body_bytes=args.rest_api_max_body_bytes,
-            num_threads=max(args.rest_api_num_threads, 1),
-        ),
-    ))
+    try:
+        run(ServerOptions(
+            models=tuple(models),
+            rest_api_port=args.rest_api_port,
+            host=args.host,
+            model_config_file=args.model_config_file,
+            model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+            max_num_load_retries=args.max_num_load_retries,
+            load_retry_interval_micros=args.load_retry_interval_micros,
+            saved_model_tags=tags,
+            allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+            enable_signature_method_name_check=args.enable_signature_method_name_check,
+            rest=RestOptions(
+                timeout_s=args.rest_api_timeout_in_ms / 1000,
+                enable_cors=args.rest_api_enable_cors_support,
+                metrics_path=metrics_path,
+                max_body_bytes=args.rest_api_max_body_bytes,
+                num_threads=max(args.rest_api_num_threads, 1),
+            ),
+            grpc=GrpcOptions(
+                port=max(args.port, 0),
+                host=args.host,
+                socket_path=args.grpc_socket_path,
+                max_threads=max(args.grpc_max_threads, 1),
+                channel_arguments=channel_arguments,
+                ssl=ssl,
+            ),
+        ))
+    except OSError as e:
+        return _fail(str(e))
     return 0
 
 

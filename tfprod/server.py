@@ -6,16 +6,21 @@ Nothing else wires parts together, registers collectors or installs signal handl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import logging
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from prometheus_client.registry import CollectorRegistry
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from tfprod.api import grpc_api
+from tfprod.api.grpc_server import GrpcOptions, GrpcServer
 from tfprod.api.rest import RestApi, RestOptions
 from tfprod.config.model_config import ModelConfig
 from tfprod.core.manager import Manager, ManagerOptions
@@ -40,29 +45,42 @@ class ServerOptions:
     load_retry_interval_micros: int = 60_000_000
     saved_model_tags: frozenset[str] = frozenset({"serve"})
     allow_version_labels_for_unavailable_models: bool = False
+    enable_signature_method_name_check: bool = False
     rest: RestOptions = RestOptions()
+    grpc: GrpcOptions = GrpcOptions()
+    grace_s: float = 30.0  # how long a stop waits for gRPC calls in flight
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its graceful stop, which would kill the process before
-    models unload and exit with -15; here a signal only starts the graceful stop."""
+    """Signals belong to `_serve`, which stops REST and gRPC together; uvicorn's own handlers
+    would re-raise SIGTERM and kill the process before models unload."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        yield
 
 
-async def _serve(options: ServerOptions, app: RestApi) -> None:
-    config = uvicorn.Config(app, host=options.host, port=options.rest_api_port, log_config=None,
-                            access_log=False, lifespan="on", timeout_keep_alive=30)
-    await _Uvicorn(config).serve()
+async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcServer | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waits: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+    rest = None
+    if grpc_server is not None:
+        await grpc_server.start()
+    if app is not None:
+        config = uvicorn.Config(app, host=options.host, port=options.rest_api_port, log_config=None,
+                                access_log=False, lifespan="on", timeout_keep_alive=30)
+        rest = _Uvicorn(config)
+        waits.append(asyncio.create_task(rest.serve()))
+    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    if waits[0] not in done:  # REST stopped on its own: it could not start
+        raise OSError(f"cannot serve REST on {options.host}:{options.rest_api_port} (see the log above)")
+    log.info("stopping: refusing new requests, finishing the ones in flight")
+    if rest is not None:
+        rest.should_exit = True
+    await asyncio.gather(*waits[1:], grpc_server.stop(options.grace_s) if grpc_server else asyncio.sleep(0))
 
 
 def run(options: ServerOptions) -> None:
@@ -80,7 +98,20 @@ def run(options: ServerOptions) -> None:
     source = FileSystemSource(manager.set_aspired_versions, saved_model.is_complete,
                               SourceOptions(poll_wait_s=options.file_system_poll_wait_seconds))
     core = ServerCore(manager, source, options.allow_version_labels_for_unavailable_models)
-    app = RestApi(Service(manager), core, metrics, registry, options.rest)
+    service = Service(manager, options.enable_signature_method_name_check)
+    app = RestApi(service, core, metrics, registry, options.rest) if options.rest_api_port else None
+    grpc_pool = concurrent.futures.ThreadPoolExecutor(options.grpc.max_threads, thread_name_prefix="tfprod-grpc")
+    grpc_server = None
+    if options.grpc.port or options.grpc.socket_path:
+        run_rpc = grpc_api.Runner(grpc_pool, metrics)
+        prediction = grpc_api.PredictionServicer(service, run_rpc)
+        model = grpc_api.ModelServicer(service, core, run_rpc)
+        grpc_server = GrpcServer(options.grpc, [
+            ("tensorflow.serving.PredictionService",
+             lambda s: prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, s)),
+            ("tensorflow.serving.ModelService",
+             lambda s: model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, s)),
+        ], ready=lambda: not core.not_ready())
 
     manager.start()
     core.apply(options.models)
@@ -88,12 +119,13 @@ def run(options: ServerOptions) -> None:
     if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
         core.poll_config_file(options.model_config_file, options.model_config_file_poll_wait_seconds)
     try:
-        # uvicorn owns SIGTERM/SIGINT: it stops accepting, lets requests in flight finish, returns.
-        asyncio.run(_serve(options, app))
+        asyncio.run(_serve(options, app, grpc_server))
     finally:
         log.info("shutting down: unloading models")
         core.stop()
         source.stop()
-        app.close()
+        if app is not None:
+            app.close()
+        grpc_pool.shutdown(wait=True)
         manager.stop()
         log.info("bye")

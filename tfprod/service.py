@@ -37,8 +37,9 @@ class Prediction:
 
 
 class Service:
-    def __init__(self, manager: Manager[SavedModelServable]) -> None:
+    def __init__(self, manager: Manager[SavedModelServable], check_method_names: bool = False) -> None:
         self._manager = manager
+        self._check = check_method_names  # --enable_signature_method_name_check
 
     def predict(self, spec: ModelSpec, decode: Decode, output_filter: tuple[str, ...] = ()) -> Prediction:
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
@@ -48,11 +49,11 @@ class Service:
     def classify(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, Classes]:
         """(version, (classes, scores)) for serialized tf.Examples on a classify signature."""
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            return version, _classify(servable, spec.signature_name, examples)
+            return version, _classify(servable, spec.signature_name, examples, self._check)
 
     def regress(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, np.ndarray]:
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            return version, _regress(servable, spec.signature_name, examples)
+            return version, _regress(servable, spec.signature_name, examples, self._check)
 
     def multi_inference(self, spec: ModelSpec, tasks: Sequence[tuple[str, str]],
                         examples: list[bytes]) -> tuple[int, list[Classes | np.ndarray]]:
@@ -62,9 +63,9 @@ class Service:
             results: list[Classes | np.ndarray] = []
             for signature_name, method in tasks:
                 if method == CLASSIFY_METHOD:
-                    results.append(_classify(servable, signature_name, examples))
+                    results.append(_classify(servable, signature_name, examples, self._check))
                 elif method == REGRESS_METHOD:
-                    results.append(_regress(servable, signature_name, examples))
+                    results.append(_regress(servable, signature_name, examples, self._check))
                 else:
                     raise invalid(f"Unsupported signature method_name: {method}")
             return version, results
@@ -107,8 +108,9 @@ def _check_method(servable: SavedModelServable, signature_name: str, method: str
         raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {sig.method_name}")
 
 
-def _classify(servable: SavedModelServable, signature_name: str, examples: list[bytes]) -> Classes:
-    _check_method(servable, signature_name, CLASSIFY_METHOD, "classification")
+def _classify(servable: SavedModelServable, signature_name: str, examples: list[bytes], check: bool) -> Classes:
+    if check:
+        _check_method(servable, signature_name, CLASSIFY_METHOD, "classification")
     _, outputs = _run(servable, signature_name, _examples_decoder(examples, "classification"))
     if "classes" not in outputs and "scores" not in outputs:
         raise invalid('Expected classification signature outputs to contain at least one of "classes" '
@@ -116,8 +118,9 @@ def _classify(servable: SavedModelServable, signature_name: str, examples: list[
     return outputs.get("classes"), outputs.get("scores")
 
 
-def _regress(servable: SavedModelServable, signature_name: str, examples: list[bytes]) -> np.ndarray:
-    _check_method(servable, signature_name, REGRESS_METHOD, "regression")
+def _regress(servable: SavedModelServable, signature_name: str, examples: list[bytes], check: bool) -> np.ndarray:
+    if check:
+        _check_method(servable, signature_name, REGRESS_METHOD, "regression")
     _, outputs = _run(servable, signature_name, _examples_decoder(examples, "regression"))
     if len(outputs) != 1:
         raise invalid("Expected one output Tensor.")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 
 import numpy as np
+
+from tfprod.errors import invalid
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -58,3 +61,16 @@ class Signature:
     method_name: str
     inputs: dict[str, TensorInfo]
     outputs: dict[str, TensorInfo]
+
+    def check_input_names(self, names: Collection[str]) -> None:
+        """TF Serving's checks, in its order: the count first, then each alias."""
+        if len(names) != len(self.inputs):
+            extra = sorted(set(names) - set(self.inputs))
+            missing = sorted(set(self.inputs) - set(names))
+            raise invalid(f"input size does not match signature: {len(names)}!={len(self.inputs)} "
+                          f"len({{{','.join(sorted(names))}}}) != len({{{','.join(sorted(self.inputs))}}}). "
+                          f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
+        for name in names:
+            if name not in self.inputs:
+                raise invalid(f"input tensor alias not found in signature: {name}. Inputs expected to be in "
+                              f"the set {{{','.join(sorted(self.inputs))}}}.")

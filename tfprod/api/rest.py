@@ -24,9 +24,8 @@ from prometheus_client.registry import CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
-from tfprod.codec import example, json_tensor
+from tfprod.codec import example, json_tensor, messages
 from tfprod.core.manager import VersionStatus
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
@@ -156,7 +155,7 @@ class RestApi:
             status = Code.INTERNAL.name
             return _error_response(ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
         finally:
-            self._metrics.record_request(model, status, api, "REST", time.perf_counter() - started)
+            self._metrics.record_request(model, status, api.capitalize(), "REST", time.perf_counter() - started)
 
     async def _run(self, handler: Callable[[], bytes]) -> bytes:
         loop = asyncio.get_running_loop()
@@ -211,13 +210,8 @@ class RestApi:
 
     def _metadata(self, spec: ModelSpec) -> bytes:
         version, meta_graph = self._service.metadata(spec)
-        model_spec = model_pb2.ModelSpec(name=spec.name)
-        model_spec.version.value = version
-        sig_map = get_model_metadata_pb2.SignatureDefMap()
-        for name, sig in meta_graph.signature_def.items():
-            sig_map.signature_def[name].CopyFrom(sig)
-        return json_tensor.dumps({"model_spec": _to_dict(model_spec),
-                                  "metadata": {"signature_def": _to_dict(sig_map)}})
+        return json_tensor.dumps({"model_spec": _to_dict(messages.model_spec(spec.name, version)),
+                                  "metadata": {"signature_def": _to_dict(messages.signature_def_map(meta_graph))}})
 
     def _list_models(self) -> bytes:
         return json_tensor.dumps({"models": [
@@ -236,12 +230,7 @@ def _spec(m: re.Match[str]) -> ModelSpec:
 
 
 def _status_doc(statuses: list[VersionStatus]) -> dict[str, Any]:
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for s in statuses:
-        entry = response.model_version_status.add(version=s.version, state=s.state.value)
-        entry.status.error_code = s.error.code.value if s.error else 0
-        entry.status.error_message = s.error.message if s.error else ""
-    return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+    return json_format.MessageToDict(messages.status_response(statuses), always_print_fields_with_no_presence=True)
 
 
 def _to_dict(message: Any) -> dict[str, Any]:

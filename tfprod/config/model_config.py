@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfprod.config.protos import MonitoringConfig
+from tfprod.config.protos import MonitoringConfig, SSLConfig
 from tfprod.core.version_policy import All, Latest, Specific, VersionPolicy
 
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -52,6 +53,11 @@ def parse_model_server_config(text: str) -> list[ModelConfig]:
         text_format.Parse(text, config)
     except text_format.ParseError as e:
         raise ConfigError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {e}") from None
+    return models_of(config)
+
+
+def models_of(config: model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
+    """A ModelServerConfig message (from a file or a gRPC ReloadConfigRequest) -> model options."""
     if config.WhichOneof("config") == "custom_model_config":
         raise ConfigError("custom_model_config is not supported; use model_config_list")
     models: list[ModelConfig] = []
@@ -78,16 +84,20 @@ def read_model_config_file(path: str) -> list[ModelConfig]:
     return parse_model_server_config(text)
 
 
-def read_monitoring_config(path: str) -> str | None:
-    """The Prometheus endpoint's path, or None when Prometheus is off."""
-    config = MonitoringConfig()
+def _read_text_proto(path: str, message: Any, flag: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            text_format.Parse(f.read(), config)
+            text_format.Parse(f.read(), message)
     except OSError as e:
-        raise ConfigError(f"cannot read --monitoring_config_file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read --{flag} {path}: {e.strerror}") from None
     except text_format.ParseError as e:
-        raise ConfigError(f"Error parsing text-format tensorflow.serving.MonitoringConfig: {e}") from None
+        raise ConfigError(f"Error parsing text-format {message.DESCRIPTOR.full_name}: {e}") from None
+    return message
+
+
+def read_monitoring_config(path: str) -> str | None:
+    """The Prometheus endpoint's path, or None when Prometheus is off."""
+    config = _read_text_proto(path, MonitoringConfig(), "monitoring_config_file")
     prometheus = config.prometheus_config
     if not prometheus.enable:
         return None
@@ -95,3 +105,22 @@ def read_monitoring_config(path: str) -> str | None:
     if not metrics_path.startswith("/"):
         raise ConfigError(f"prometheus_config.path must start with '/': {metrics_path!r}")
     return metrics_path
+
+
+@dataclasses.dataclass(frozen=True)
+class SslOptions:
+    server_key: str
+    server_cert: str
+    custom_ca: str = ""
+    client_verify: bool = False
+
+
+def read_ssl_config(path: str) -> SslOptions:
+    """TF Serving's SSLConfig: PEM texts inline, as TF Serving reads them."""
+    config = _read_text_proto(path, SSLConfig(), "ssl_config_file")
+    if not config.server_key or not config.server_cert:
+        raise ConfigError(f"--ssl_config_file {path}: server_key and server_cert must both be set (PEM text)")
+    if config.client_verify and not config.custom_ca:
+        raise ConfigError(f"--ssl_config_file {path}: client_verify needs custom_ca, the PEM of the CA that "
+                          "signs client certificates")
+    return SslOptions(config.server_key, config.server_cert, config.custom_ca, config.client_verify)

@@ -1,9 +1,10 @@
 """TF Serving config messages that `tensorflow-serving-api` does not ship.
 
-The PyPI package carries ModelServerConfig but not monitoring_config.proto. Rather than invent
-another format, the message is declared here with TF Serving's package, names and field numbers,
-so the same text-proto files parse and error messages name `tensorflow.serving.*` as TF Serving's
-do. If a later tensorflow-serving-api ships it, that one is used.
+The PyPI package carries ModelServerConfig but not monitoring_config.proto or ssl_config.proto.
+Rather than invent another format, the messages are declared here with TF Serving's package,
+names and field numbers, so the same text-proto files parse and error messages name
+`tensorflow.serving.*` as TF Serving's do. If a later tensorflow-serving-api ships them, those
+are used.
 """
 
 from __future__ import annotations
@@ -15,23 +16,38 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 _F = descriptor_pb2.FieldDescriptorProto
 
 
-def _declare() -> Any:
+def _declare(full_name: str, file: descriptor_pb2.FileDescriptorProto) -> Any:
     pool = descriptor_pool.Default()
     try:
-        return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
     except KeyError:
-        pass
-    file = descriptor_pb2.FileDescriptorProto(
-        name="tensorflow_serving/config/monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
-    )
-    prometheus = file.message_type.add(name="PrometheusConfig")
-    prometheus.field.add(name="enable", number=1, type=_F.TYPE_BOOL, label=_F.LABEL_OPTIONAL)
-    prometheus.field.add(name="path", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
-    monitoring = file.message_type.add(name="MonitoringConfig")
-    monitoring.field.add(name="prometheus_config", number=1, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL,
-                         type_name=".tensorflow.serving.PrometheusConfig")
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+        pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
 
 
-MonitoringConfig = _declare()
+def _file(name: str) -> descriptor_pb2.FileDescriptorProto:
+    return descriptor_pb2.FileDescriptorProto(name=f"tensorflow_serving/config/{name}",
+                                              package="tensorflow.serving", syntax="proto3")
+
+
+def _field(message: descriptor_pb2.DescriptorProto, name: str, number: int, kind: int, type_name: str = "") -> None:
+    field = message.field.add(name=name, number=number, type=kind, label=_F.LABEL_OPTIONAL)
+    if type_name:
+        field.type_name = type_name
+
+
+_monitoring = _file("monitoring_config.proto")
+_prometheus = _monitoring.message_type.add(name="PrometheusConfig")
+_field(_prometheus, "enable", 1, _F.TYPE_BOOL)
+_field(_prometheus, "path", 2, _F.TYPE_STRING)
+_field(_monitoring.message_type.add(name="MonitoringConfig"), "prometheus_config", 1, _F.TYPE_MESSAGE,
+       ".tensorflow.serving.PrometheusConfig")
+MonitoringConfig = _declare("tensorflow.serving.MonitoringConfig", _monitoring)
+
+_ssl = _file("ssl_config.proto")
+_ssl_config = _ssl.message_type.add(name="SSLConfig")
+_field(_ssl_config, "server_key", 1, _F.TYPE_STRING)
+_field(_ssl_config, "server_cert", 2, _F.TYPE_STRING)
+_field(_ssl_config, "custom_ca", 3, _F.TYPE_STRING)
+_field(_ssl_config, "client_verify", 4, _F.TYPE_BOOL)
+SSLConfig = _declare("tensorflow.serving.SSLConfig", _ssl)

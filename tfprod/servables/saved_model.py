@@ -85,12 +85,7 @@ class SavedModelServable:
 
     def run(self, sig: Signature, inputs: Mapping[str, np.ndarray],
             output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        if set(inputs) != set(sig.inputs):
-            extra = sorted(set(inputs) - set(sig.inputs))
-            missing = sorted(set(sig.inputs) - set(inputs))
-            raise invalid(f"input size does not match signature: {len(inputs)}!={len(sig.inputs)} "
-                          f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(sig.inputs))}}}). "
-                          f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
+        sig.check_input_names(list(inputs))
         for name, arr in inputs.items():
             _check_shape(sig.inputs[name], arr)
         fn = self._functions[sig.name]
