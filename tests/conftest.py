@@ -30,11 +30,13 @@ class ServerProcess:
 
     def __init__(self, args: Sequence[str], log_path: str) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
         cmd = [sys.executable, "-m", "tfprod", "serve", "--host=127.0.0.1", f"--rest_api_port={self.port}",
-               f"--port={free_port()}", *args]
+               f"--port={self.grpc_port}", *args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
