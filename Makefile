@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint protos clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ test: install
 lint: install
 	$(BIN)/ruff check tfprod tests
 	$(BIN)/mypy tfprod
+
+protos: install  # regenerate tfprod/protos from grpc_predict_v2.proto (the generated code is checked in)
+	PYTHON=$(BIN)/python tfprod/protos/generate.sh
 
 clean:
 	rm -rf $(VENV) models build *.egg-info

@@ -22,10 +22,12 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from tfprod.api import grpc_api
 from tfprod.api.grpc_server import GrpcOptions, GrpcServer
 from tfprod.api.rest import RestApi, RestOptions
+from tfprod.api.v2 import V2Models, V2Servicer
 from tfprod.config.model_config import ModelConfig
 from tfprod.core.manager import Manager, ManagerOptions
 from tfprod.core.source import FileSystemSource, SourceOptions
 from tfprod.metrics import ServingMetrics
+from tfprod.protos import grpc_predict_v2_pb2_grpc
 from tfprod.servables import saved_model
 from tfprod.server_core import ServerCore
 from tfprod.service import Service
@@ -99,18 +101,22 @@ def run(options: ServerOptions) -> None:
                               SourceOptions(poll_wait_s=options.file_system_poll_wait_seconds))
     core = ServerCore(manager, source, options.allow_version_labels_for_unavailable_models)
     service = Service(manager, options.enable_signature_method_name_check)
-    app = RestApi(service, core, metrics, registry, options.rest) if options.rest_api_port else None
+    v2models = V2Models(service, core)
+    app = RestApi(service, core, v2models, metrics, registry, options.rest) if options.rest_api_port else None
     grpc_pool = concurrent.futures.ThreadPoolExecutor(options.grpc.max_threads, thread_name_prefix="tfprod-grpc")
     grpc_server = None
     if options.grpc.port or options.grpc.socket_path:
         run_rpc = grpc_api.Runner(grpc_pool, metrics)
         prediction = grpc_api.PredictionServicer(service, run_rpc)
         model = grpc_api.ModelServicer(service, core, run_rpc)
+        inference = V2Servicer(v2models, run_rpc, load_timeout_s=options.rest.timeout_s)
         grpc_server = GrpcServer(options.grpc, [
             ("tensorflow.serving.PredictionService",
              lambda s: prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, s)),
             ("tensorflow.serving.ModelService",
              lambda s: model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, s)),
+            ("inference.GRPCInferenceService",
+             lambda s: grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, s)),
         ], ready=lambda: not core.not_ready())
 
     manager.start()

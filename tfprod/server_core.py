@@ -1,7 +1,9 @@
 """Applies a model config to the source and manager, and answers readiness.
 
 A config is applied whole: its models become the source's watches (a removed model gets an
-empty aspired list and unloads), its labels go to the manager. With
+empty aspired list and unloads), its labels go to the manager. The V2 repository API can unload
+a configured model and load it again; an unloaded model stays unloaded across config polls
+until it is loaded again or leaves the config. With
 --model_config_file_poll_wait_seconds the file is re-read; a file that fails to parse is
 logged and the running config stays.
 """
@@ -32,9 +34,10 @@ class ServerCore:
         self._manager = manager
         self._source = source
         self._allow_unavailable = allow_labels_for_unavailable
-        self._lock = threading.Lock()
-        self._reload_lock = threading.Lock()
-        self._models: tuple[ModelConfig, ...] = ()
+        self._lock = threading.RLock()
+        self._config: tuple[ModelConfig, ...] = ()
+        self._unloaded: set[str] = set()  # configured models unloaded through the repository API
+        self._models: tuple[ModelConfig, ...] = ()  # what is served: the config less the unloaded
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -44,41 +47,87 @@ class ServerCore:
 
     def apply(self, models: Sequence[ModelConfig]) -> None:
         with self._lock:
-            removed = {m.name for m in self._models} - {m.name for m in models}
-            self._models = tuple(models)
-            self._source.set_watches([Watch(m.name, m.base_path, m.policy) for m in models])
-            for m in models:
-                self._manager.set_labels(m.name, m.labels, self._allow_unavailable)
-            for name in removed:
-                self._manager.forget_model(name)
+            self._config = tuple(models)
+            self._unloaded &= {m.name for m in models}
+            self._serve_locked()
         log.info("model config applied: %s", ", ".join(m.name for m in models) or "(no models)")
+
+    def _serve_locked(self) -> None:
+        served = tuple(m for m in self._config if m.name not in self._unloaded)
+        removed = {m.name for m in self._models} - {m.name for m in served}
+        self._models = served
+        self._source.set_watches([Watch(m.name, m.base_path, m.policy) for m in served])
+        for m in served:
+            self._manager.set_labels(m.name, m.labels, self._allow_unavailable)
+        for name in removed:
+            self._manager.forget_model(name)
 
     def reload(self, models: Sequence[ModelConfig], timeout_s: float) -> None:
         """Apply a config pushed over gRPC, as TF Serving's HandleReloadConfigRequest does: answer once
         every newly added model has a version AVAILABLE, or fail with the ones that could not load."""
-        with self._reload_lock:
+        with self._lock:
             before = {m.name for m in self._models}
             self.apply(models)
-            new = [m.name for m in models if m.name not in before]
-            outcome: dict[str, ServingError | None] = {}
+            self._wait_available([m.name for m in self._models if m.name not in before], timeout_s)
 
-            def settled() -> bool:
-                for name in new:
-                    statuses = self._manager.status(name)
-                    if any(s.state is State.AVAILABLE for s in statuses):
-                        outcome[name] = None
-                    elif statuses and all(s.state is State.END and s.error for s in statuses):
-                        outcome[name] = statuses[0].error
-                return len(outcome) == len(new)
+    # -- the V2 repository extension: explicit load and unload of configured models ------
 
-            if not self._manager.wait_for(settled, timeout_s):
-                waiting = [n for n in new if n not in outcome]
-                raise ServingError(Code.DEADLINE_EXCEEDED, f"{len(waiting)} model(s) did not become available in "
-                                   f"{timeout_s:.0f} s: {', '.join(waiting)}")
-            failed = {n: e for n, e in outcome.items() if e is not None}
-            if failed:
-                detail = "".join(f"{{{{{n}}} due to error: {e.message}}}, " for n, e in failed.items())
-                raise ServingError(Code.UNKNOWN, f"{len(failed)} model(s) did not become available: {{{detail}}}")
+    def index(self) -> list[tuple[str, str, str]]:
+        """(model, state, reason) for every configured model; state as Triton's index reports it."""
+        out = []
+        for m in self._config:
+            statuses = self._manager.status(m.name)
+            if m.name in self._unloaded:
+                state, reason = "UNAVAILABLE", "unloaded"
+            elif any(s.state is State.AVAILABLE for s in statuses):
+                state, reason = "READY", ""
+            elif any(s.state in (State.START, State.LOADING) for s in statuses) or not statuses:
+                state, reason = "LOADING", ""
+            else:
+                failed = next((s.error for s in statuses if s.error), None)
+                state, reason = "UNAVAILABLE", failed.message if failed else ""
+            out.append((m.name, state, reason))
+        return out
+
+    def load(self, name: str, timeout_s: float) -> None:
+        with self._lock:
+            self._configured(name)
+            self._unloaded.discard(name)
+            self._serve_locked()
+            self._wait_available([name], timeout_s)
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            self._configured(name)
+            self._unloaded.add(name)
+            self._serve_locked()
+        log.info("model %s unloaded on request", name)
+
+    def _configured(self, name: str) -> None:
+        if all(m.name != name for m in self._config):
+            raise ServingError(Code.NOT_FOUND, f"model '{name}' is not in the model config; add it with "
+                               "--model_config_file or HandleReloadConfigRequest first")
+
+    def _wait_available(self, names: list[str], timeout_s: float) -> None:
+        outcome: dict[str, ServingError | None] = {}
+
+        def settled() -> bool:
+            for name in names:
+                statuses = self._manager.status(name)
+                if any(s.state is State.AVAILABLE for s in statuses):
+                    outcome[name] = None
+                elif statuses and all(s.state is State.END and s.error for s in statuses):
+                    outcome[name] = statuses[0].error
+            return len(outcome) == len(names)
+
+        if not self._manager.wait_for(settled, timeout_s):
+            waiting = [n for n in names if n not in outcome]
+            raise ServingError(Code.DEADLINE_EXCEEDED, f"{len(waiting)} model(s) did not become available in "
+                               f"{timeout_s:.0f} s: {', '.join(waiting)}")
+        failed = {n: e for n, e in outcome.items() if e is not None}
+        if failed:
+            detail = "".join(f"{{{{{n}}} due to error: {e.message}}}, " for n, e in failed.items())
+            raise ServingError(Code.UNKNOWN, f"{len(failed)} model(s) did not become available: {{{detail}}}")
 
     def not_ready(self) -> list[str]:
         """Configured models with no AVAILABLE version yet."""

@@ -19,6 +19,7 @@ from tfprod.signature import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD,
 
 Decode = Callable[[Signature], Mapping[str, np.ndarray]]
 Classes = tuple[np.ndarray | None, np.ndarray | None]  # (classes, scores)
+OutputFilter = tuple[str, ...] | Callable[[Signature], tuple[str, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,9 @@ class Service:
         self._manager = manager
         self._check = check_method_names  # --enable_signature_method_name_check
 
-    def predict(self, spec: ModelSpec, decode: Decode, output_filter: tuple[str, ...] = ()) -> Prediction:
+    def predict(self, spec: ModelSpec, decode: Decode, output_filter: OutputFilter = ()) -> Prediction:
+        """Run a signature; `output_filter` names the outputs to return (all when empty), or is a
+        function of the signature that does."""
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
             sig, outputs = _run(servable, spec.signature_name, decode, output_filter)
         return Prediction(version, sig, outputs)
@@ -84,6 +87,13 @@ class Service:
             raise not_found(f"Could not find any versions of model {name}")
         return statuses
 
+    def signature(self, spec: ModelSpec) -> tuple[int, Signature]:
+        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
+            return version, servable.signature(spec.signature_name)
+
+    def available_versions(self, name: str) -> list[int]:
+        return self._manager.available_versions(name)
+
     def metadata(self, spec: ModelSpec) -> tuple[int, meta_graph_pb2.MetaGraphDef]:
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
             return version, servable.meta_graph
@@ -93,8 +103,10 @@ class Service:
 
 
 def _run(servable: SavedModelServable, signature_name: str, decode: Decode,
-         output_filter: tuple[str, ...] = ()) -> tuple[Signature, dict[str, np.ndarray]]:
+         output_filter: OutputFilter = ()) -> tuple[Signature, dict[str, np.ndarray]]:
     sig = servable.signature(signature_name)
+    if callable(output_filter):
+        output_filter = output_filter(sig)
     for name in output_filter:
         if name not in sig.outputs:
             raise invalid(f"output tensor alias not found in signature: {name} Outputs expected "

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from tfprod.codec import example, json_tensor, messages
+from tfprod.api.v2 import V2Models
+from tfprod.codec import example, json_tensor, messages, v2
 from tfprod.core.manager import VersionStatus
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
@@ -48,6 +49,8 @@ _VERSION = rf"(?:/versions/(\d+)|/labels/{_NAME})?"
 _POST = re.compile(rf"/v1/models/{_NAME}{_VERSION}:(classify|regress|predict)", re.IGNORECASE)
 _GET = re.compile(rf"/v1/models(?:/{_NAME}{_VERSION}(/metadata)?)?/?", re.IGNORECASE)
 _V1 = re.compile(r"/v1/", re.IGNORECASE)
+_V2_MODEL = re.compile(rf"/v2/models/{_NAME}(?:/versions/(\d+))?(?:/(ready|infer))?/?")
+_V2_REPOSITORY = re.compile(rf"/v2/repository/models/{_NAME}/(load|unload)")
 _CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, GET",
@@ -69,6 +72,9 @@ class _TooLarge(Exception):
     pass
 
 
+Route = tuple[str, str, Callable[[], Response]]  # (model, API label, work for a worker thread)
+
+
 class RestApi:
     """The ASGI application serving the REST port."""
 
@@ -76,12 +82,14 @@ class RestApi:
         self,
         service: Service,
         core: ServerCore,
+        v2models: V2Models,
         metrics: ServingMetrics,
         registry: CollectorRegistry,
         options: RestOptions,
     ) -> None:
         self._service = service
         self._core = core
+        self._v2 = v2models
         self._metrics = metrics
         self._registry = registry
         self._options = options
@@ -104,6 +112,10 @@ class RestApi:
             response = await self._v1(request)
             if self._options.enable_cors:
                 response.headers.update(_CORS)
+        elif path == "/v2" or path.startswith("/v2/"):
+            response = await self._answer(request, self._route_v2)
+            if self._options.enable_cors:
+                response.headers.update(_CORS)
         elif path == "/healthz":
             response = _json_response(200, {"status": "alive"})
         elif path == "/readyz":
@@ -117,32 +129,67 @@ class RestApi:
         await response(scope, receive, send)
 
     async def _v1(self, request: Request) -> Response:
-        method = request.method
-        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
-        path = raw_path.decode("latin-1").split("?", 1)[0]
-        if method == "OPTIONS":
+        if request.method == "OPTIONS":
             origin = request.headers.get("origin", "")
             return Response(status_code=200 if re.match(r"https?://", origin) else 400)
-        started = time.perf_counter()
-        model, api = "", ""
-        try:
-            if method == "POST" and (m := _POST.fullmatch(path)):
-                spec, api = _spec(m), m.group(4).lower()
-                model = spec.name
+        return await self._answer(request, self._route_v1)
+
+    async def _route_v1(self, request: Request, path: str) -> Route:
+        method = request.method
+        if method == "POST" and (m := _POST.fullmatch(path)):
+            spec, api = _spec(m), m.group(4).lower()
+            body = await self._body(request)
+            return spec.name, api.capitalize(), lambda: _json_ok(self._post(api, spec, body))
+        if method == "GET" and (m := _GET.fullmatch(path)):
+            if m.group(1) is None:
+                return "", "ListModels", lambda: _json_ok(self._list_models())
+            spec = _spec(m)
+            if m.group(4):
+                return spec.name, "GetModelMetadata", lambda: _json_ok(self._metadata(spec))
+            return spec.name, "GetModelStatus", lambda: _json_ok(self._status(spec))
+        raise invalid(f"Malformed request: {method} {path}")
+
+    async def _route_v2(self, request: Request, path: str) -> Route:
+        method, v2models = request.method, self._v2
+        if method == "GET" and path in ("/v2", "/v2/"):
+            return "", "ServerMetadata", lambda: _json_ok(json_tensor.dumps(v2models.server_metadata()))
+        if method == "GET" and path == "/v2/health/live":
+            return "", "ServerLive", lambda: _json_ok(b"{}")
+        if method == "GET" and path == "/v2/health/ready":
+            return "", "ServerReady", lambda: _ready_response(v2models.server_ready(), "the server")
+        if m := _V2_MODEL.fullmatch(path):
+            name, version, action = unquote(m.group(1)), m.group(2) or "", m.group(3)
+            if method == "GET" and action is None:
+                signature_name = request.query_params.get("signature_name", DEFAULT_SIGNATURE)
+                return name, "ModelMetadata", lambda: _json_ok(json_tensor.dumps(
+                    v2models.model_metadata(name, version, signature_name)))
+            if method == "GET" and action == "ready":
+                return name, "ModelReady", lambda: _ready_response(v2models.model_ready(name, version),
+                                                                   f"model '{name}'")
+            if method == "POST" and action == "infer":
                 body = await self._body(request)
-                handler: Callable[[], bytes] = lambda: self._post(api, spec, body)  # noqa: E731
-            elif method == "GET" and (m := _GET.fullmatch(path)):
-                if m.group(1) is None:
-                    handler = self._list_models
-                else:
-                    spec = _spec(m)
-                    model = spec.name
-                    handler = (lambda: self._metadata(spec)) if m.group(4) else (lambda: self._status(spec))
-            else:
-                raise invalid(f"Malformed request: {method} {path}")
-            content = await self._run(handler)
-            status = "OK"
-            return Response(content, media_type=_JSON)
+                header_length = _header_length(request)
+                return name, "ModelInfer", lambda: self._infer(name, version, body, header_length)
+        if method == "POST" and path == "/v2/repository/index":
+            body = await self._body(request)
+            return "", "RepositoryIndex", lambda: _json_ok(json_tensor.dumps(v2models.index(_ready_only(body))))
+        if method == "POST" and (m := _V2_REPOSITORY.fullmatch(path)):
+            name, action = unquote(m.group(1)), m.group(2)
+            await self._body(request)
+            if action == "load":
+                return name, "RepositoryModelLoad", lambda: self._load(name)
+            return name, "RepositoryModelUnload", lambda: self._unload(name)
+        raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
+
+    async def _answer(self, request: Request, route: Callable[[Request, str], Awaitable[Route]]) -> Response:
+        """Route, run the work on a worker thread within the timeout, map errors, record metrics."""
+        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+        path = raw_path.decode("latin-1").split("?", 1)[0]
+        started = time.perf_counter()
+        model, api, status = "", "", "OK"
+        try:
+            model, api, work = await route(request, path)
+            return await self._run(work)
         except ServingError as e:
             status = e.code.name
             return _error_response(e)
@@ -151,15 +198,15 @@ class RestApi:
             return _json_response(413, {"error": f"Request body is larger than the limit of "
                                                  f"{self._options.max_body_bytes} bytes"})
         except Exception as e:  # a bug must answer 500 and leave the server serving
-            log.exception("internal error on %s %s", method, path)
+            log.exception("internal error on %s %s", request.method, path)
             status = Code.INTERNAL.name
             return _error_response(ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
         finally:
-            self._metrics.record_request(model, status, api.capitalize(), "REST", time.perf_counter() - started)
+            self._metrics.record_request(model, status, api, "REST", time.perf_counter() - started)
 
-    async def _run(self, handler: Callable[[], bytes]) -> bytes:
+    async def _run(self, work: Callable[[], Response]) -> Response:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, handler)
+        future = loop.run_in_executor(self._executor, work)
         try:
             return await asyncio.wait_for(future, timeout=self._options.timeout_s)
         except TimeoutError:
@@ -205,6 +252,23 @@ class RestApi:
         _, outputs = self._service.regress(spec, examples)
         return example.format_regress(outputs)
 
+    def _infer(self, name: str, version: str, body: bytes, header_length: int | None) -> Response:
+        request = v2.parse_rest(body, header_length)
+        result = self._v2.infer(name, version, request)
+        content, json_length = v2.format_rest(name, str(result.version), request, result.outputs, result.signature)
+        if json_length is None:
+            return Response(content, media_type=_JSON)
+        return Response(content, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(json_length)})
+
+    def _load(self, name: str) -> Response:
+        self._v2.load(name, self._options.timeout_s)
+        return _json_ok(b"{}")
+
+    def _unload(self, name: str) -> Response:
+        self._v2.unload(name)
+        return _json_ok(b"{}")
+
     def _status(self, spec: ModelSpec) -> bytes:
         return json_tensor.dumps(_status_doc(self._service.status(spec.name, spec.version, spec.label)))
 
@@ -218,6 +282,33 @@ class RestApi:
             {"name": name, **_status_doc(statuses), "version_labels": {k: str(v) for k, v in labels.items()}}
             for name, (statuses, labels) in self._service.models().items()
         ]})
+
+
+def _json_ok(content: bytes) -> Response:
+    return Response(content, media_type=_JSON)
+
+
+def _ready_response(ready: bool, what: str) -> Response:
+    return _json_ok(b"{}") if ready else _json_response(400, {"error": f"{what} is not ready"})
+
+
+def _header_length(request: Request) -> int | None:
+    value = request.headers.get("inference-header-content-length")
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise invalid(f"Inference-Header-Content-Length must be a byte count, got '{value[:32]}'")
+    return int(value)
+
+
+def _ready_only(body: bytes) -> bool:
+    if not body.strip():
+        return False
+    doc = json_tensor.parse_object(body)
+    ready = doc.get("ready", False)
+    if not isinstance(ready, bool):
+        raise invalid("'ready' must be true or false")
+    return ready
 
 
 def _spec(m: re.Match[str]) -> ModelSpec:
