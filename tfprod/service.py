@@ -70,7 +70,7 @@ class Service:
                 elif method == REGRESS_METHOD:
                     results.append(_regress(servable, signature_name, examples, self._check))
                 else:
-                    raise invalid(f"Unsupported signature method_name: {method}")
+                    raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {method}")
             return version, results
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:

@@ -79,6 +79,10 @@ class Runner:
         except ServingError as e:
             status = e.code
             await context.abort(grpc.StatusCode[e.code.name], cut(e.message))
+        except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client leaves
+            remaining = context.time_remaining()  # the client's cancel can arrive just before our clock runs out
+            status = Code.DEADLINE_EXCEEDED if remaining is not None and remaining < 0.1 else Code.CANCELLED
+            raise
         except Exception as e:  # a bug answers INTERNAL and leaves the server serving
             log.exception("internal error in %s", api)
             status = Code.INTERNAL

@@ -217,7 +217,7 @@ class RestApi:
     async def _body(self, request: Request) -> bytes:
         limit = self._options.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise _TooLarge
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -296,7 +296,7 @@ def _header_length(request: Request) -> int | None:
     value = request.headers.get("inference-header-content-length")
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdigit()):
         raise invalid(f"Inference-Header-Content-Length must be a byte count, got '{value[:32]}'")
     return int(value)
 

@@ -31,7 +31,7 @@ def parse_version(text: str) -> int | None:
     """V2 versions are strings; empty means the latest AVAILABLE one."""
     if not text:
         return None
-    if not text.isdigit() or int(text) > 2**63 - 1:
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**63 - 1:
         raise invalid(f"model version must be a non-negative integer, got '{text[:64]}'")
     return int(text)
 

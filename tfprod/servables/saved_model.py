@@ -52,8 +52,8 @@ def signatures_of(meta_graph: meta_graph_pb2.MetaGraphDef) -> dict[str, Signatur
         name: Signature(
             name,
             sig.method_name,
-            {k: _tensor_info(k, v) for k, v in sig.inputs.items()},
-            {k: _tensor_info(k, v) for k, v in sig.outputs.items()},
+            {k: _tensor_info(k, v) for k, v in sorted(sig.inputs.items())},
+            {k: _tensor_info(k, v) for k, v in sorted(sig.outputs.items())},
         )
         for name, sig in meta_graph.signature_def.items()
     }
