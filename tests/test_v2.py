@@ -891,3 +891,13 @@ def test_server_not_ready_while_a_configured_model_has_no_version(repo: Any, mod
     cfg.write_text(config_text(model_dir, ("half_plus_two", "multi_io")))
     server.wait_until(lambda: clients["grpc"].is_server_ready(), 15, "ready without ghost")
     assert server.client.get("/v2/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_load_with_config_override_is_refused(repo: Any, transport: str) -> None:
+    """tritonclient can send a config override or model files with a load; models come from the model
+    config here, so such a load is refused rather than silently ignored, and nothing changes."""
+    server, clients, _ = repo
+    expect_error(lambda: clients[transport].load_model("multi_io", config='{"backend": "tensorflow"}'),
+                 status_of(transport, 501, "UNIMPLEMENTED"), "model config")
+    assert clients[transport].is_model_ready("multi_io")

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from tfprod.api.v2 import V2Models
+from tfprod.api.v2 import V2Models, refuse_overrides
 from tfprod.codec import example, json_tensor, messages, v2
 from tfprod.core.manager import VersionStatus
 from tfprod.errors import Code, ServingError, invalid
@@ -175,8 +175,9 @@ class RestApi:
             return "", "RepositoryIndex", lambda: _json_ok(json_tensor.dumps(v2models.index(_ready_only(body))))
         if method == "POST" and (m := _V2_REPOSITORY.fullmatch(path)):
             name, action = unquote(m.group(1)), m.group(2)
-            await self._body(request)
+            parameters = _parameters(await self._body(request))
             if action == "load":
+                refuse_overrides(parameters)
                 return name, "RepositoryModelLoad", lambda: self._load(name)
             return name, "RepositoryModelUnload", lambda: self._unload(name)
         raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
@@ -309,6 +310,13 @@ def _ready_only(body: bytes) -> bool:
     if not isinstance(ready, bool):
         raise invalid("'ready' must be true or false")
     return ready
+
+
+def _parameters(body: bytes) -> dict[str, Any]:
+    parameters = json_tensor.parse_object(body).get("parameters") if body.strip() else None
+    if parameters is not None and not isinstance(parameters, dict):
+        raise invalid("'parameters' must be an object")
+    return parameters or {}
 
 
 def _spec(m: re.Match[str]) -> ModelSpec:

@@ -9,6 +9,7 @@ names another. The model repository extension loads and unloads models of the ru
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from tfprod import __version__
 from tfprod.api.grpc_api import Runner
 from tfprod.codec import v2
-from tfprod.errors import invalid
+from tfprod.errors import Code, ServingError, invalid
 from tfprod.protos import grpc_predict_v2_pb2 as pb
 from tfprod.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from tfprod.server_core import ServerCore
@@ -34,6 +35,15 @@ def parse_version(text: str) -> int | None:
     if not (text.isascii() and text.isdigit()) or int(text) > 2**63 - 1:
         raise invalid(f"model version must be a non-negative integer, got '{text[:64]}'")
     return int(text)
+
+
+def refuse_overrides(parameters: Iterable[str]) -> None:
+    """Triton's load can carry a model config override and model files; here models come from the model
+    config, so such a load is refused rather than silently ignored. Other parameters do not matter."""
+    if any(key == "config" or key.startswith("file:") for key in parameters):
+        raise ServingError(Code.UNIMPLEMENTED, "loading with a config override or model files is not supported: "
+                           "models come from the model config; change it (--model_config_file or "
+                           "HandleReloadConfigRequest) instead")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +149,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         timeout_s = context.time_remaining() or self._load_timeout_s
 
         def work() -> pb.RepositoryModelLoadResponse:
+            refuse_overrides(request.parameters)
             self._models.load(request.model_name, timeout_s)
             return pb.RepositoryModelLoadResponse()
         return await self._run(context, request.model_name, "RepositoryModelLoad", work)

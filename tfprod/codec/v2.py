@@ -166,7 +166,12 @@ def tensor_metadata(info: TensorInfo) -> dict[str, Any]:
 def parse_rest(body: bytes, header_length: int | None = None) -> V2Request:
     """A V2 REST inference request; `header_length` is the Inference-Header-Content-Length."""
     if header_length is None:
-        doc, binary = loads(body), _Binary(None)
+        try:
+            doc = loads(body)
+        except ServingError as e:
+            raise invalid(f"{e.message} (a body with binary tensor data needs the Inference-Header-Content-"
+                          "Length header: the byte length of its JSON part)") from None
+        binary = _Binary(None)
     else:
         if not 0 < header_length <= len(body):
             raise invalid(f"Inference-Header-Content-Length is {header_length}, but it must be between 1 and "
