@@ -5,7 +5,8 @@ Every answer is checked against TensorFlow computing the same inputs on the same
 Servers (each costs seconds, both start at once): `server` serves half_plus_two (label "stable"),
 multi_io, digits and slow from a models.config, with Prometheus metrics and a Unix socket beside
 the TCP port; `mgmt` starts with half_plus_two only, --enable_signature_method_name_check and
---max_num_load_retries=0, and takes HandleReloadConfigRequest (its tests restore its config).
+--max_num_load_retries=0 and a 64 KiB message limit from --grpc_channel_arguments, and takes
+HandleReloadConfigRequest (its tests restore its config).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def servers(model_dir: str, start_server: Any, tmp_path_factory: pytest.TempPath
                          f"--grpc_socket_path={cfg / 'tfprod.sock'}"], wait=False)
     main.socket_path = str(cfg / "tfprod.sock")  # type: ignore[attr-defined]
     mgmt = start_server([f"--model_config_file={cfg / 'mgmt.config'}", "--enable_signature_method_name_check",
-                         "--max_num_load_retries=0", "--file_system_poll_wait_seconds=1"], wait=False)
+                         "--max_num_load_retries=0", "--file_system_poll_wait_seconds=1",
+                         "--grpc_channel_arguments=grpc.max_receive_message_length=65536"], wait=False)
     return {"main": main, "mgmt": mgmt}
 
 
@@ -731,3 +733,15 @@ def test_reload_with_a_version_that_fails_to_load(mgmt_channel: grpc.Channel, mo
     response = model_stub.HandleReloadConfigRequest(reload_request(model_dir, {"half_plus_two": "half_plus_two"}),
                                                     timeout=60)
     assert response.status.error_code == 0
+
+
+def test_channel_arguments_reach_the_server(mgmt_channel: grpc.Channel) -> None:
+    """--grpc_channel_arguments=grpc.max_receive_message_length=65536: a 100 KB request is refused with
+    RESOURCE_EXHAUSTED, and a small one is still served."""
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(mgmt_channel)
+    big = predict_request("half_plus_two", {"x": np.zeros(25_000, np.float32)})
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Predict(big, timeout=TIMEOUT)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value.details()
+    small = stub.Predict(predict_request("half_plus_two", {"x": np.array([2.0], np.float32)}), timeout=TIMEOUT)
+    assert tf.make_ndarray(small.outputs["y"]).tolist() == [3.0]

@@ -67,10 +67,10 @@ class GrpcServer:
         return out + ([f"unix:{self._options.socket_path}"] if self._options.socket_path else [])
 
     async def start(self) -> None:
-        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", _INT_MAX),
-                                          ("grpc.max_send_message_length", _INT_MAX)]
-        options += list(self._options.channel_arguments)
-        server = grpc.aio.server(options=options)
+        options: dict[str, Any] = {"grpc.max_receive_message_length": _INT_MAX,
+                                   "grpc.max_send_message_length": _INT_MAX}
+        options.update(self._options.channel_arguments)  # gRPC keeps the first of repeated keys: merge instead
+        server = grpc.aio.server(options=list(options.items()))
         for _, register in self._services:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
