@@ -62,7 +62,10 @@ def main(argv: Sequence[str]) -> int:
     request, accuracy = train_and_export(args.base_path)
     print(f"\nExported {args.base_path}/1 (test accuracy {accuracy:.3f}). Once the server says it is running, try:\n")
     print(f"  curl -s -d @{request} http://localhost:{args.rest_api_port}/v1/models/digits:predict\n")
-    print(f"  curl -s http://localhost:{args.rest_api_port}/v1/models/digits/metadata\n", flush=True)
+    print(f"  curl -s http://localhost:{args.rest_api_port}/v1/models/digits/metadata\n")
+    print(f"  curl -s http://localhost:{args.rest_api_port}/v2/models/digits      # the same model over KServe V2\n")
+    print("gRPC (TF Serving's PredictionService and V2's GRPCInferenceService) listens on localhost:8500.\n",
+          flush=True)
     if args.no_serve:
         return 0
     from tfprod.cli import main as cli
