@@ -86,6 +86,14 @@ def serve_parser() -> argparse.ArgumentParser:
     _add_bool(models, "enable_signature_method_name_check", False,
               "classify/regress only on signatures whose method_name says so, as TF 1 servers did")
 
+    batching = p.add_argument_group("batching")
+    _add_bool(batching, "enable_batching", False, "merge concurrent requests to a model version into batches")
+    batching.add_argument("--batching_parameters_file", default="",
+                          help="BatchingParameters text proto (max_batch_size, batch_timeout_micros, ...); "
+                               "needs --enable_batching")
+    _add_bool(batching, "enable_per_model_batching_parameters", False,
+              "read batching_params.pbtxt from each version directory when it has one")
+
     observe = p.add_argument_group("monitoring")
     observe.add_argument("--monitoring_config_file", default="",
                          help="MonitoringConfig text proto; prometheus_config { enable: true } "
@@ -103,11 +111,15 @@ def _serve(argv: Sequence[str]) -> int:
         return _fail("--port and --rest_api_port are both 0 and there is no --grpc_socket_path: nothing to serve on")
     if args.rest_api_port > 0 and args.rest_api_port == args.port:
         return _fail(f"--rest_api_port and --port are both {args.port}: give them different ports")
+    if args.batching_parameters_file and not args.enable_batching:
+        return _fail("--batching_parameters_file is set but --enable_batching is not: add --enable_batching")
     from tfprod.api.grpc_server import GrpcOptions, parse_channel_arguments
     from tfprod.api.rest import RestOptions
+    from tfprod.batching import BatchingOptions
     from tfprod.config.model_config import (
         ConfigError,
         ModelConfig,
+        read_batching_parameters,
         read_model_config_file,
         read_monitoring_config,
         read_ssl_config,
@@ -122,8 +134,15 @@ def _serve(argv: Sequence[str]) -> int:
         metrics_path = read_monitoring_config(args.monitoring_config_file) if args.monitoring_config_file else None
         ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
         channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
+        batching = None
+        if args.enable_batching:
+            batching = (read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file
+                        else BatchingOptions())
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
+    # Callers wait for their batch on a front end's worker thread: give the pools room for the rows
+    # a batch can hold, or batches could never grow past the pool size.
+    waiting = min(256, batching.max_batch_size * batching.num_batch_threads) if batching else 0
     tags = frozenset(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     try:
         run(ServerOptions(
@@ -138,18 +157,20 @@ def _serve(argv: Sequence[str]) -> int:
             saved_model_tags=tags,
             allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
             enable_signature_method_name_check=args.enable_signature_method_name_check,
+            batching=batching,
+            per_model_batching=args.enable_per_model_batching_parameters,
             rest=RestOptions(
                 timeout_s=args.rest_api_timeout_in_ms / 1000,
                 enable_cors=args.rest_api_enable_cors_support,
                 metrics_path=metrics_path,
                 max_body_bytes=args.rest_api_max_body_bytes,
-                num_threads=max(args.rest_api_num_threads, 1),
+                num_threads=max(args.rest_api_num_threads, waiting, 1),
             ),
             grpc=GrpcOptions(
                 port=max(args.port, 0),
                 host=args.host,
                 socket_path=args.grpc_socket_path,
-                max_threads=max(args.grpc_max_threads, 1),
+                max_threads=max(args.grpc_max_threads, waiting, 1),
                 channel_arguments=channel_arguments,
                 ssl=ssl,
             ),

@@ -8,9 +8,11 @@ Counters are exposed as `untyped`: prometheus-client's text writer renames every
 
 from __future__ import annotations
 
+import bisect
+import copy
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -28,17 +30,36 @@ LOAD_ATTEMPTS = ":tensorflow:cc:saved_model:load_attempt_count"
 VERSION_STATE = ":tfprod:serving:model_version_state"
 
 
+BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(14))
+BATCHING = ":tensorflow:serving:batching_session:"
+
+
 class _Histogram:
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS_US) + 1)
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_US) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        i = 0
-        while i < len(LATENCY_BUCKETS_US) and value > LATENCY_BUCKETS_US[i]:
-            i += 1
-        self.counts[i] += 1
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        cumulative, buckets = 0, []
+        for bound, c in zip([*map(_bound, self.bounds), "+Inf"], self.counts, strict=True):
+            cumulative += c
+            buckets.append((bound, cumulative))
+        family.add_metric(labels, buckets, self.total)
+
+
+_BATCH_HISTOGRAMS = {  # name -> (help, buckets)
+    "queuing_latency": ("Distribution of wall time (in microseconds) a task waited in a batch queue.",
+                        LATENCY_BUCKETS_US),
+    "input_batch_size": ("Distribution of the number of rows in a batch before padding.", BATCH_SIZE_BUCKETS),
+    "processed_batch_size": ("Distribution of the number of rows a batch ran with, padding included.",
+                             BATCH_SIZE_BUCKETS),
+    "padding_size": ("Distribution of the number of padding rows in a batch.", BATCH_SIZE_BUCKETS),
+}
 
 
 class ServingMetrics(Collector):
@@ -50,6 +71,8 @@ class ServingMetrics(Collector):
         self._latency: dict[tuple[str, str, str], _Histogram] = defaultdict(_Histogram)
         self._loads: dict[tuple[str, str], int] = defaultdict(int)
         self._states: dict[tuple[str, str], int] = {}
+        self._batching: dict[tuple[str, str], _Histogram] = {}
+        self._wrapped_runs: dict[str, int] = defaultdict(int)
 
     def record_request(self, model: str, status: str, api: str, entrypoint: str, seconds: float) -> None:
         with self._lock:
@@ -65,10 +88,24 @@ class ServingMetrics(Collector):
             elif state is State.END and error is not None:
                 self._loads[(sid.name, "fail")] += 1
 
+    def record_batch(self, model: str, queuing_s: Sequence[float], input_size: int, processed_size: int) -> None:
+        with self._lock:
+            for name, values in (("queuing_latency", [q * 1e6 for q in queuing_s]), ("input_batch_size", [input_size]),
+                                 ("processed_batch_size", [processed_size]),
+                                 ("padding_size", [processed_size - input_size])):
+                hist = self._batching.get((name, model))
+                if hist is None:
+                    hist = self._batching[(name, model)] = _Histogram(_BATCH_HISTOGRAMS[name][1])
+                for v in values:
+                    hist.observe(v)
+            self._wrapped_runs[model] += 1
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             requests = dict(self._requests)
-            latency = {k: (list(h.counts), h.total) for k, h in self._latency.items()}
+            latency = {k: copy.deepcopy(h) for k, h in self._latency.items()}
+            batching = {k: copy.deepcopy(h) for k, h in self._batching.items()}
+            wrapped = dict(self._wrapped_runs)
             loads = dict(self._loads)
             states = dict(self._states)
         count = Metric(REQUEST_COUNT, "The total number of requests.", "unknown")
@@ -77,13 +114,19 @@ class ServingMetrics(Collector):
         yield count
         hist = HistogramMetricFamily(REQUEST_LATENCY, "Distribution of wall time (in microseconds) for "
                                      "Tensorflow Serving request.", labels=["model_name", "API", "entrypoint"])
-        for labels, (counts, total) in latency.items():
-            cumulative, buckets = 0, []
-            for bound, c in zip([*map(_bound, LATENCY_BUCKETS_US), "+Inf"], counts, strict=True):
-                cumulative += c
-                buckets.append((bound, cumulative))
-            hist.add_metric(list(labels), buckets, total)
+        for labels, h in latency.items():
+            h.add_to(hist, list(labels))
         yield hist
+        for name, (help_text, _) in _BATCH_HISTOGRAMS.items():
+            family = HistogramMetricFamily(BATCHING + name, help_text, labels=["model_name"])
+            for (kind, model), h in batching.items():
+                if kind == name:
+                    h.add_to(family, [model])
+            yield family
+        runs = Metric(BATCHING + "wrapped_run_count", "The number of batched model runs.", "unknown")
+        for model, n in wrapped.items():
+            runs.add_sample(BATCHING + "wrapped_run_count", {"model_name": model}, n)
+        yield runs
         attempts = Metric(LOAD_ATTEMPTS, "The number of times a SavedModel was attempted to load.", "unknown")
         for (model, status), n in loads.items():
             attempts.add_sample(LOAD_ATTEMPTS, {"model_name": model, "status": status}, n)

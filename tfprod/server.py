@@ -23,6 +23,7 @@ from tfprod.api import grpc_api
 from tfprod.api.grpc_server import GrpcOptions, GrpcServer
 from tfprod.api.rest import RestApi, RestOptions
 from tfprod.api.v2 import V2Models, V2Servicer
+from tfprod.batching import BatchingOptions
 from tfprod.config.model_config import ModelConfig
 from tfprod.core.manager import Manager, ManagerOptions
 from tfprod.core.source import FileSystemSource, SourceOptions
@@ -48,6 +49,8 @@ class ServerOptions:
     saved_model_tags: frozenset[str] = frozenset({"serve"})
     allow_version_labels_for_unavailable_models: bool = False
     enable_signature_method_name_check: bool = False
+    batching: BatchingOptions | None = None
+    per_model_batching: bool = False
     rest: RestOptions = RestOptions()
     grpc: GrpcOptions = GrpcOptions()
     grace_s: float = 30.0  # how long a stop waits for gRPC calls in flight
@@ -90,7 +93,8 @@ def run(options: ServerOptions) -> None:
     metrics = ServingMetrics()
     registry.register(metrics)
     manager = Manager[saved_model.SavedModelServable](
-        functools.partial(saved_model.load, tags=options.saved_model_tags),
+        functools.partial(saved_model.load, tags=options.saved_model_tags, batching=options.batching,
+                          per_model_batching=options.per_model_batching, batch_stats=metrics),
         ManagerOptions(
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_s=options.load_retry_interval_micros / 1e6,

@@ -14,7 +14,8 @@ from typing import Any
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfprod.config.protos import MonitoringConfig, SSLConfig
+from tfprod.batching import BatchingOptions
+from tfprod.config.protos import BatchingParameters, MonitoringConfig, SSLConfig
 from tfprod.core.version_policy import All, Latest, Specific, VersionPolicy
 
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -124,3 +125,29 @@ def read_ssl_config(path: str) -> SslOptions:
         raise ConfigError(f"--ssl_config_file {path}: client_verify needs custom_ca, the PEM of the CA that "
                           "signs client certificates")
     return SslOptions(config.server_key, config.server_cert, config.custom_ca, config.client_verify)
+
+
+def read_batching_parameters(path: str, num_batch_threads: int = 0) -> BatchingOptions:
+    """TF Serving's BatchingParameters text proto -> checked options; unset fields take TF Serving's
+    defaults."""
+    params = _read_text_proto(path, BatchingParameters(), "batching_parameters_file")
+    defaults = BatchingOptions(num_batch_threads=num_batch_threads or BatchingOptions.num_batch_threads)
+
+    def value(name: str) -> Any:
+        return getattr(params, name).value if params.HasField(name) else getattr(defaults, name)
+
+    options = BatchingOptions(
+        max_batch_size=value("max_batch_size"),
+        batch_timeout_micros=value("batch_timeout_micros"),
+        max_enqueued_batches=value("max_enqueued_batches"),
+        num_batch_threads=value("num_batch_threads"),
+        allowed_batch_sizes=tuple(params.allowed_batch_sizes),
+        pad_variable_length_inputs=params.pad_variable_length_inputs,
+        enable_large_batch_splitting=value("enable_large_batch_splitting"),
+        max_execution_batch_size=value("max_execution_batch_size"),
+    )
+    try:
+        options.validate()
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return options

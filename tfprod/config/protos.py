@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2  # noqa: F401
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -51,3 +51,18 @@ _field(_ssl_config, "server_cert", 2, _F.TYPE_STRING)
 _field(_ssl_config, "custom_ca", 3, _F.TYPE_STRING)
 _field(_ssl_config, "client_verify", 4, _F.TYPE_BOOL)
 SSLConfig = _declare("tensorflow.serving.SSLConfig", _ssl)
+
+# session_bundle_config.proto's BatchingParameters: the scalar settings are wrapper messages
+# (`max_batch_size { value: 128 }`), as in TF Serving's files.
+_batching = _file("session_bundle_config.proto")
+_batching.dependency.append("google/protobuf/wrappers.proto")
+_params = _batching.message_type.add(name="BatchingParameters")
+for _name, _number, _wrapper in (("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
+                                 ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
+                                 ("thread_pool_name", 5, "StringValue"),
+                                 ("enable_large_batch_splitting", 7, "BoolValue"),
+                                 ("max_execution_batch_size", 8, "Int64Value")):
+    _field(_params, _name, _number, _F.TYPE_MESSAGE, f".google.protobuf.{_wrapper}")
+_params.field.add(name="allowed_batch_sizes", number=6, type=_F.TYPE_INT64, label=_F.LABEL_REPEATED)
+_field(_params, "pad_variable_length_inputs", 9, _F.TYPE_BOOL)
+BatchingParameters = _declare("tensorflow.serving.BatchingParameters", _batching)

@@ -13,6 +13,8 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from tfprod.batching import Batcher, BatchingOptions, BatchStats
+from tfprod.config.model_config import ConfigError, read_batching_parameters
 from tfprod.core.manager import ServableId
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.signature import Signature, TensorInfo
@@ -76,6 +78,7 @@ class SavedModelServable:
     signatures: dict[str, Signature]
     _loaded: object
     _functions: dict[str, object]
+    batcher: Batcher | None = None
 
     def signature(self, name: str) -> Signature:
         sig = self.signatures.get(name)
@@ -88,6 +91,13 @@ class SavedModelServable:
         sig.check_input_names(list(inputs))
         for name, arr in inputs.items():
             _check_shape(sig.inputs[name], arr)
+        outputs = output_filter or tuple(sig.outputs)
+        if self.batcher is not None:
+            return self.batcher.run(sig, inputs, outputs)
+        return self._call(sig, inputs, outputs)
+
+    def _call(self, sig: Signature, inputs: Mapping[str, np.ndarray],
+              outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         fn = self._functions[sig.name]
         try:
             result = fn(**{k: tf.constant(v) for k, v in inputs.items()})  # type: ignore[operator]
@@ -95,10 +105,11 @@ class SavedModelServable:
             raise invalid(_tf_message(e)) from None
         except tf.errors.OpError as e:
             raise ServingError(Code(e.error_code), _tf_message(e)) from None
-        names = output_filter or tuple(sig.outputs)
-        return {k: result[k].numpy() for k in names}
+        return {k: result[k].numpy() for k in outputs}
 
     def unload(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self._functions.clear()
         self._loaded = None
         gc.collect()
@@ -115,7 +126,14 @@ def _tf_message(e: Exception) -> str:
     return " ".join(line for line in lines if line) or type(e).__name__
 
 
-def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})) -> SavedModelServable:
+BATCHING_PARAMS_FILE = "batching_params.pbtxt"
+
+
+def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"}),
+         batching: BatchingOptions | None = None, per_model_batching: bool = False,
+         batch_stats: BatchStats | None = None) -> SavedModelServable:
+    """Load a version; with `batching`, its calls go through a Batcher (per-model parameters from
+    the version's batching_params.pbtxt replace `batching` when `per_model_batching` is set)."""
     if not is_complete(path):
         raise ServingError(Code.NOT_FOUND, f"No SavedModel (saved_model.pb) in {path}")
     meta_graph = read_meta_graph(path, tags)
@@ -125,4 +143,13 @@ def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})
         raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {_tf_message(e)}") from None
     functions = dict(getattr(loaded, "signatures", {}))
     signatures = {k: v for k, v in signatures_of(meta_graph).items() if k in functions}
-    return SavedModelServable(sid, path, meta_graph, signatures, loaded, functions)
+    servable = SavedModelServable(sid, path, meta_graph, signatures, loaded, functions)
+    if batching is not None:
+        per_model = os.path.join(path, BATCHING_PARAMS_FILE)
+        if per_model_batching and os.path.isfile(per_model):
+            try:
+                batching = read_batching_parameters(per_model)
+            except ConfigError as e:
+                raise ServingError(Code.INVALID_ARGUMENT, str(e)) from None
+        servable.batcher = Batcher(sid.name, servable._call, batching, batch_stats)
+    return servable

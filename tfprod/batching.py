@@ -1,0 +1,269 @@
+"""Dynamic batching with TF Serving's BatchingParameters.
+
+One `Batcher` per loaded model version; one queue per (signature, outputs) inside it, so versions
+and signatures never share a batch, while REST, gRPC and V2 callers of the same version and
+signature do. Callers block in `run` until their rows come back.
+
+Scheduling is TF Serving's basic batch scheduler: a batch is processed when it is full, or when its
+oldest task has waited `batch_timeout_micros` and a batch thread is free. With a timeout of 0 (the
+default) a free thread takes whatever is queued at once, so batches grow only while every thread is
+busy — batching costs no latency when the server is idle and tracks the load when it is not. A
+batch's rows are padded up to the next `allowed_batch_sizes` entry with copies of its first row;
+padding and other callers' rows never reach a caller. Tasks larger than `max_batch_size` are split
+when `enable_large_batch_splitting` is on, refused otherwise. A full queue refuses at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+import numpy as np
+
+from tfprod.errors import Code, ServingError, invalid
+from tfprod.signature import Signature
+
+Run = Callable[[Signature, Mapping[str, np.ndarray], tuple[str, ...]], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingOptions:
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = 2
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int = 0  # 0: max_batch_size
+
+    @property
+    def execution_size(self) -> int:
+        if self.enable_large_batch_splitting and self.max_execution_batch_size:
+            return self.max_execution_batch_size
+        return self.max_batch_size
+
+    def validate(self) -> None:
+        """TF Serving's startup checks; ValueError with a message naming the field."""
+        for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"BatchingParameters.{name} must be positive, got {getattr(self, name)}")
+        if self.batch_timeout_micros < 0:
+            raise ValueError("BatchingParameters.batch_timeout_micros must be non-negative")
+        if self.enable_large_batch_splitting and self.max_execution_batch_size > self.max_batch_size:
+            raise ValueError("BatchingParameters.max_execution_batch_size must not exceed max_batch_size")
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)) or sizes[0] <= 0:
+                raise ValueError("The entries in allowed_batch_sizes must be positive and in increasing order.")
+            if sizes[-1] != self.execution_size:
+                which = "max_execution_batch_size" if self.execution_size != self.max_batch_size else "max_batch_size"
+                raise ValueError(f"The largest entry in allowed_batch_sizes must be equal to {which} "
+                                 f"({sizes[-1]} != {self.execution_size}).")
+
+
+class BatchStats(Protocol):
+    """What a batcher reports to metrics: one call per processed batch."""
+
+    def record_batch(self, model: str, queuing_s: Sequence[float], input_size: int, processed_size: int) -> None: ...
+
+
+@dataclasses.dataclass
+class _Task:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    enqueued: float
+    future: Future[dict[str, np.ndarray]]
+
+
+class _Queue:
+    def __init__(self, sig: Signature, outputs: tuple[str, ...]) -> None:
+        self.sig = sig
+        self.outputs = outputs
+        self.tasks: collections.deque[_Task] = collections.deque()
+        self.rows = 0
+
+
+class Batcher:
+    def __init__(self, model: str, run: Run, options: BatchingOptions, stats: BatchStats | None = None) -> None:
+        self._model = model
+        self._run = run
+        self._options = options
+        self._stats = stats
+        self._cond = threading.Condition()
+        self._queues: dict[tuple[str, tuple[str, ...]], _Queue] = {}
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"tfprod-batch-{model}-{i}", daemon=True)
+                         for i in range(options.num_batch_threads)]
+        for t in self._threads:
+            t.start()
+
+    # -- callers ----------------------------------------------------------------------------
+
+    def run(self, sig: Signature, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        rows = _rows(inputs)
+        opts = self._options
+        if rows > opts.max_batch_size and not opts.enable_large_batch_splitting:
+            raise invalid(f"Task size {rows} is larger than maximum input batch size {opts.max_batch_size}")
+        size = opts.execution_size
+        chunks = [{k: v[i:i + size] for k, v in inputs.items()} for i in range(0, max(rows, 1), size)]
+        futures = [self._enqueue(sig, chunk, outputs) for chunk in chunks]
+        results = [f.result() for f in futures]
+        if len(results) == 1:
+            return results[0]
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+    def _enqueue(self, sig: Signature, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> Future[Any]:
+        task = _Task(inputs, _rows(inputs), time.monotonic(), Future())
+        key = (sig.name, outputs)
+        with self._cond:
+            if self._closed:
+                raise ServingError(Code.UNAVAILABLE, "the model version is unloading")
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = _Queue(sig, outputs)
+            size = self._options.execution_size
+            if -(-(queue.rows + task.rows) // size) > self._options.max_enqueued_batches:
+                raise ServingError(Code.UNAVAILABLE, "The batch scheduling queue to which this task was submitted "
+                                   "is full")
+            queue.tasks.append(task)
+            queue.rows += task.rows
+            self._cond.notify()
+        return task.future
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the threads."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+
+    # -- batch threads ----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._next_locked()
+                while batch is None:
+                    if self._closed and not any(q.tasks for q in self._queues.values()):
+                        return
+                    self._cond.wait(timeout=self._wait_locked())
+                    batch = self._next_locked()
+            self._process(*batch)
+
+    def _next_locked(self) -> tuple[_Queue, list[_Task]] | None:
+        """The batch to process now: a full queue first, else the one whose oldest task waited longest
+        once its timeout has passed (at once with timeout 0, or when closing)."""
+        size = self._options.execution_size
+        timeout = self._options.batch_timeout_micros / 1e6
+        now = time.monotonic()
+        ready = [q for q in self._queues.values() if q.tasks and (
+            q.rows >= size or self._closed or now - q.tasks[0].enqueued >= timeout)]
+        if not ready:
+            return None
+        queue = min(ready, key=lambda q: (q.rows < size, q.tasks[0].enqueued))
+        tasks, rows = [], 0
+        while queue.tasks and rows + queue.tasks[0].rows <= size:
+            task = queue.tasks.popleft()
+            rows += task.rows
+            tasks.append(task)
+        queue.rows -= rows
+        if queue.tasks:
+            self._cond.notify()  # more work for another thread
+        return queue, tasks
+
+    def _wait_locked(self) -> float | None:
+        timeout = self._options.batch_timeout_micros / 1e6
+        oldest = [q.tasks[0].enqueued for q in self._queues.values() if q.tasks]
+        if not oldest:
+            return None
+        return max(min(oldest) + timeout - time.monotonic(), 0.0005)
+
+    def _process(self, queue: _Queue, tasks: list[_Task]) -> None:
+        started = time.monotonic()
+        try:
+            merged, rows, padded = _merge(tasks, self._options)
+            outputs = self._run(queue.sig, merged, queue.outputs)
+            offset = 0
+            results = []
+            for task in tasks:
+                results.append({k: _rows_of(k, v, padded)[offset:offset + task.rows] for k, v in outputs.items()})
+                offset += task.rows
+        except ServingError as e:
+            for task in tasks:
+                task.future.set_exception(e)
+            return
+        except Exception as e:  # a bug fails this batch's callers, never the thread
+            error = ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}")
+            for task in tasks:
+                task.future.set_exception(error)
+            return
+        if self._stats is not None:
+            self._stats.record_batch(self._model, [started - t.enqueued for t in tasks], rows, padded)
+        for task, result in zip(tasks, results, strict=True):
+            task.future.set_result(result)
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    sizes = set()
+    for name, arr in inputs.items():
+        if arr.ndim == 0:
+            raise invalid(f"Batching session Run() input tensors must have at least one dimension "
+                          f"(input '{name}' is a scalar)")
+        sizes.add(arr.shape[0])
+    if len(sizes) > 1:
+        raise invalid(f"Batching session Run() calls must supply tensors with the same 0th-dimension size, "
+                      f"got {sorted(sizes)}")
+    return sizes.pop() if sizes else 0
+
+
+def _rows_of(name: str, arr: np.ndarray, padded: int) -> np.ndarray:
+    if arr.ndim == 0 or arr.shape[0] != padded:
+        raise ServingError(Code.INTERNAL, f"output '{name}' has shape {list(arr.shape)}: with batching on, every "
+                           f"output must have the batch ({padded} rows) as its first dimension")
+    return arr
+
+
+def _merge(tasks: list[_Task], options: BatchingOptions) -> tuple[dict[str, np.ndarray], int, int]:
+    """Concatenate the tasks' rows; pad to the next allowed batch size with copies of the first row."""
+    rows = sum(t.rows for t in tasks)
+    sizes = options.allowed_batch_sizes
+    padded = sizes[bisect.bisect_left(sizes, rows)] if sizes else rows
+    merged = {}
+    for name in tasks[0].inputs:
+        parts = [t.inputs[name] for t in tasks]
+        if len({p.shape[1:] for p in parts}) > 1:
+            if not options.pad_variable_length_inputs:
+                raise invalid(f"input '{name}' has different shapes beyond the batch dimension in one batch "
+                              f"({sorted({p.shape[1:] for p in parts})}); pad them, or set "
+                              "pad_variable_length_inputs")
+            parts = _pad_to_common(parts)
+        if padded > rows:
+            parts.append(np.repeat(parts[0][:1], padded - rows, axis=0))
+        merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return merged, rows, padded
+
+
+def _pad_to_common(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """Pad every dimension after the first to the largest in the batch, with each part's first
+    element as the fill value (as TF Serving does)."""
+    target = tuple(max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim))
+    out = []
+    for p in parts:
+        widths = [(0, 0)] + [(0, t - s) for s, t in zip(p.shape[1:], target, strict=True)]
+        fill = p.reshape(-1)[0] if p.size else 0
+        out.append(np.pad(p, widths, constant_values=fill) if p.dtype != object else _pad_object(p, widths, fill))
+    return out
+
+
+def _pad_object(p: np.ndarray, widths: list[tuple[int, int]], fill: Any) -> np.ndarray:
+    out = np.full(tuple(s + w[1] for s, w in zip(p.shape, widths, strict=True)), fill, dtype=object)
+    out[tuple(slice(0, s) for s in p.shape)] = p
+    return out
