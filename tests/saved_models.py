@@ -115,6 +115,30 @@ def slow(path: str) -> Slow:
     return module
 
 
+class BatchProbe(tf.Module):
+    """Tells each row which batch it ran in: `y = a*x` and `rows` = the batch's row count (padding
+    included), `length` = its padded row length; signature `twice` has a=2, `thrice` a=3. `x` is
+    [batch, any] so variable lengths can be padded."""
+
+    def _run(self, x: tf.Tensor, a: float) -> dict[str, tf.Tensor]:
+        rows = tf.fill([tf.shape(x)[0]], tf.shape(x)[0])
+        return {"y": a * x, "rows": rows, "length": tf.fill([tf.shape(x)[0]], tf.shape(x)[1])}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+    def twice(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._run(x, 2.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+    def thrice(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._run(x, 3.0)
+
+
+def batch_probe(path: str) -> BatchProbe:
+    module = BatchProbe()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.twice, "thrice": module.thrice})
+    return module
+
+
 def digits_classifier(path: str, epochs: int = 3) -> tuple[tf.keras.Model, np.ndarray]:
     """A small Keras MLP on scikit-learn's bundled digits, exported with Keras 3's export."""
     from sklearn.datasets import load_digits

@@ -7,10 +7,13 @@ signature do. Callers block in `run` until their rows come back.
 Scheduling is TF Serving's basic batch scheduler: a batch is processed when it is full, or when its
 oldest task has waited `batch_timeout_micros` and a batch thread is free. With a timeout of 0 (the
 default) a free thread takes whatever is queued at once, so batches grow only while every thread is
-busy — batching costs no latency when the server is idle and tracks the load when it is not. A
-batch's rows are padded up to the next `allowed_batch_sizes` entry with copies of its first row;
-padding and other callers' rows never reach a caller. Tasks larger than `max_batch_size` are split
-when `enable_large_batch_splitting` is on, refused otherwise. A full queue refuses at once.
+busy: batching costs no latency when the server is idle and tracks the load when it is not.
+
+A batch is padded up to the next `allowed_batch_sizes` entry with copies of a real row; padding
+and other callers' rows never reach a caller. Without `pad_variable_length_inputs`, only tasks
+whose inputs have the same shapes share a batch (TF Serving fails the whole batch instead). Tasks
+larger than `max_batch_size` are split when `enable_large_batch_splitting` is on, refused
+otherwise. A full queue refuses at once.
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ class BatchingOptions:
                 raise ValueError("The entries in allowed_batch_sizes must be positive and in increasing order.")
             if sizes[-1] != self.execution_size:
                 which = "max_execution_batch_size" if self.execution_size != self.max_batch_size else "max_batch_size"
-                raise ValueError(f"The largest entry in allowed_batch_sizes must be equal to {which} "
-                                 f"({sizes[-1]} != {self.execution_size}).")
+                raise ValueError(f"Last entry in allowed_batch_sizes must match {which}; last entry was "
+                                 f"{sizes[-1]}; expected {self.execution_size}")
 
 
 class BatchStats(Protocol):
@@ -129,9 +132,11 @@ class Batcher:
             if queue is None:
                 queue = self._queues[key] = _Queue(sig, outputs)
             size = self._options.execution_size
+            enqueued = -(-queue.rows // size)
             if -(-(queue.rows + task.rows) // size) > self._options.max_enqueued_batches:
                 raise ServingError(Code.UNAVAILABLE, "The batch scheduling queue to which this task was submitted "
-                                   "is full")
+                                   f"is full; currently {enqueued} batches enqueued and max_enqueued_batches is "
+                                   f"{self._options.max_enqueued_batches}")
             queue.tasks.append(task)
             queue.rows += task.rows
             self._cond.notify()
@@ -169,11 +174,22 @@ class Batcher:
         if not ready:
             return None
         queue = min(ready, key=lambda q: (q.rows < size, q.tasks[0].enqueued))
-        tasks, rows = [], 0
-        while queue.tasks and rows + queue.tasks[0].rows <= size:
+        head = _shapes(queue.tasks[0])
+        tasks, rows, kept = [], 0, collections.deque[_Task]()
+        while queue.tasks:
             task = queue.tasks.popleft()
-            rows += task.rows
-            tasks.append(task)
+            fits = rows + task.rows <= size
+            # Without padding, only rows of the same shapes can be stacked: others wait for their
+            # own batch instead of failing this one.
+            if fits and (self._options.pad_variable_length_inputs or _shapes(task) == head):
+                rows += task.rows
+                tasks.append(task)
+            else:
+                kept.append(task)
+                if not fits:
+                    break
+        kept.extend(queue.tasks)
+        queue.tasks = kept
         queue.rows -= rows
         if queue.tasks:
             self._cond.notify()  # more work for another thread
@@ -190,6 +206,8 @@ class Batcher:
         started = time.monotonic()
         try:
             merged, rows, padded = _merge(tasks, self._options)
+            if self._stats is not None:  # recorded as the batch starts, as TF Serving records queuing
+                self._stats.record_batch(self._model, [started - t.enqueued for t in tasks], rows, padded)
             outputs = self._run(queue.sig, merged, queue.outputs)
             offset = 0
             results = []
@@ -205,23 +223,26 @@ class Batcher:
             for task in tasks:
                 task.future.set_exception(error)
             return
-        if self._stats is not None:
-            self._stats.record_batch(self._model, [started - t.enqueued for t in tasks], rows, padded)
         for task, result in zip(tasks, results, strict=True):
             task.future.set_result(result)
 
 
+def _shapes(task: _Task) -> tuple[tuple[int, ...], ...]:
+    return tuple(arr.shape[1:] for arr in task.inputs.values())
+
+
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    if not inputs:
+        raise invalid("Batching Run() must have at least one input tensor")
     sizes = set()
     for name, arr in inputs.items():
         if arr.ndim == 0:
-            raise invalid(f"Batching session Run() input tensors must have at least one dimension "
-                          f"(input '{name}' is a scalar)")
+            raise invalid(f"Batching Run() input tensors must have at least one dimension (input '{name}' is "
+                          "a scalar)")
         sizes.add(arr.shape[0])
     if len(sizes) > 1:
-        raise invalid(f"Batching session Run() calls must supply tensors with the same 0th-dimension size, "
-                      f"got {sorted(sizes)}")
-    return sizes.pop() if sizes else 0
+        raise invalid(f"Batching Run() input tensors must have equal 0th-dimension size (got {sorted(sizes)})")
+    return sizes.pop()
 
 
 def _rows_of(name: str, arr: np.ndarray, padded: int) -> np.ndarray:
@@ -239,14 +260,10 @@ def _merge(tasks: list[_Task], options: BatchingOptions) -> tuple[dict[str, np.n
     merged = {}
     for name in tasks[0].inputs:
         parts = [t.inputs[name] for t in tasks]
-        if len({p.shape[1:] for p in parts}) > 1:
-            if not options.pad_variable_length_inputs:
-                raise invalid(f"input '{name}' has different shapes beyond the batch dimension in one batch "
-                              f"({sorted({p.shape[1:] for p in parts})}); pad them, or set "
-                              "pad_variable_length_inputs")
+        if len({p.shape[1:] for p in parts}) > 1:  # only with pad_variable_length_inputs: see _next_locked
             parts = _pad_to_common(parts)
-        if padded > rows:
-            parts.append(np.repeat(parts[0][:1], padded - rows, axis=0))
+        if padded > rows:  # copies of the last task's first row, as TF Serving pads
+            parts.append(np.repeat(parts[-1][:1], padded - rows, axis=0))
         merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return merged, rows, padded
 

@@ -60,9 +60,9 @@ _params = _batching.message_type.add(name="BatchingParameters")
 for _name, _number, _wrapper in (("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
                                  ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
                                  ("thread_pool_name", 5, "StringValue"),
-                                 ("enable_large_batch_splitting", 7, "BoolValue"),
-                                 ("max_execution_batch_size", 8, "Int64Value")):
+                                 ("enable_large_batch_splitting", 8, "BoolValue"),
+                                 ("max_execution_batch_size", 9, "Int64Value")):
     _field(_params, _name, _number, _F.TYPE_MESSAGE, f".google.protobuf.{_wrapper}")
 _params.field.add(name="allowed_batch_sizes", number=6, type=_F.TYPE_INT64, label=_F.LABEL_REPEATED)
-_field(_params, "pad_variable_length_inputs", 9, _F.TYPE_BOOL)
+_field(_params, "pad_variable_length_inputs", 7, _F.TYPE_BOOL)
 BatchingParameters = _declare("tensorflow.serving.BatchingParameters", _batching)

@@ -144,12 +144,12 @@ def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})
     functions = dict(getattr(loaded, "signatures", {}))
     signatures = {k: v for k, v in signatures_of(meta_graph).items() if k in functions}
     servable = SavedModelServable(sid, path, meta_graph, signatures, loaded, functions)
-    if batching is not None:
+    if batching is not None and per_model_batching:  # TF Serving: the version's own file, or no batching
         per_model = os.path.join(path, BATCHING_PARAMS_FILE)
-        if per_model_batching and os.path.isfile(per_model):
-            try:
-                batching = read_batching_parameters(per_model)
-            except ConfigError as e:
-                raise ServingError(Code.INVALID_ARGUMENT, str(e)) from None
+        try:
+            batching = read_batching_parameters(per_model) if os.path.isfile(per_model) else None
+        except ConfigError as e:
+            raise ServingError(Code.INVALID_ARGUMENT, str(e)) from None
+    if batching is not None:
         servable.batcher = Batcher(sid.name, servable._call, batching, batch_stats)
     return servable
