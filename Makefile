@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint protos clean
+.PHONY: install demo test lint bench protos clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ test: install
 lint: install
 	$(BIN)/ruff check tfprod tests
 	$(BIN)/mypy tfprod
+
+bench: install  # the comparison of bench/run.py; BENCH_ARGS=--no-peer skips MLServer
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq wrk)
+	$(BIN)/pip install -q -e ".[bench]"
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 protos: install  # regenerate tfprod/protos from grpc_predict_v2.proto (the generated code is checked in)
 	PYTHON=$(BIN)/python tfprod/protos/generate.sh

@@ -1,0 +1,432 @@
+"""tfprod's benchmark: one command, every server in its own process, one load generator, ratios.
+
+    make bench                 # or: .venv/bin/python bench/run.py [--duration 6] [--connections 1,16,64]
+
+Compares, on the digits MLP (and a small CNN for tfprod), at several concurrencies:
+tfprod REST and gRPC with batching off and on, tfprod V2 REST, the same HTTP stack's no-op endpoint
+(this machine's ceiling), a plain Flask + TensorFlow server (the usual first server), and MLServer
+(a peer from PyPI, run from its own virtualenv, `--no-peer` skips it). HTTP load comes from `wrk`;
+gRPC load from a multi-process client of tensorflow-serving-api's stubs. Prints a table with ratios
+to tfprod (REST, batching on), checks the targets, and writes docs/performance_results.md and
+docs/bench.png. Numbers from one run are comparable with each other only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = sys.executable
+PEER_VENV = os.path.join(HERE, ".venv-peer")
+BATCHING = "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 0 }\nnum_batch_threads { value: 1 }\n" \
+           "max_enqueued_batches { value: 64 }\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- models --------------------------------------------------------------------------------
+
+def build_models(root: str) -> dict[str, Any]:
+    import numpy as np
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    sys.path.insert(0, ROOT)
+    from tfprod.demo import train_and_export
+
+    train_and_export(os.path.join(root, "digits"))
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    tf.keras.utils.set_random_seed(0)
+    cnn = tf.keras.Sequential([
+        tf.keras.Input((64,), name="pixels"),
+        tf.keras.layers.Reshape((8, 8, 1)),
+        tf.keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+        tf.keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(10, activation="softmax"),
+    ])
+    cnn.compile("adam", "sparse_categorical_crossentropy")
+    cnn.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    cnn.export(os.path.join(root, "cnn", "1"), verbose=False)
+    row = x[:1].round(4).tolist()
+    return {"row": row[0]}
+
+
+# -- servers -------------------------------------------------------------------------------
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str, env: dict[str, str] | None = None):
+        self.name, self.port = name, port
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+                                     start_new_session=True)
+        deadline = time.monotonic() + 180
+        import urllib.request
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited: see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"{name} did not become ready: see {self.log.name}")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its children."""
+        total = 0
+        for pid in [self.proc.pid, *_children(self.proc.pid)]:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+            except (OSError, StopIteration):
+                pass
+        return total / 1024
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    kids = [int(p) for p in out]
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def tfprod_server(name: str, models: str, batching: str | None) -> tuple[Server, int]:
+    rest, grpc_port = free_port(), free_port()
+    config = os.path.join(models, "models.config")
+    cmd = [PY, "-m", "tfprod", "serve", f"--rest_api_port={rest}", f"--port={grpc_port}",
+           f"--model_config_file={config}", "--host=127.0.0.1"]
+    if batching:
+        cmd += ["--enable_batching", f"--batching_parameters_file={batching}"]
+    return Server(name, cmd, rest, "/readyz"), grpc_port
+
+
+# -- the two helper servers, run as `run.py _noop PORT` / `run.py _flask PORT MODEL` ---------
+
+def serve_noop(port: int) -> None:
+    import uvicorn
+    from starlette.responses import Response
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await Response(b'{"ok":true}', media_type="application/json")(scope, receive, send)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_flask(port: int, model: str) -> None:
+    import numpy as np
+    import tensorflow as tf
+    from flask import Flask, jsonify, request
+
+    fn = tf.saved_model.load(model).signatures["serving_default"]
+    app = Flask("baseline")
+
+    @app.post("/v1/models/digits:predict")
+    def predict() -> Any:
+        x = np.asarray(request.get_json()["instances"], np.float32)
+        out = next(iter(fn(tf.constant(x)).values())).numpy()
+        return jsonify({"predictions": out.tolist()})
+
+    @app.get("/ready")
+    def ready() -> Any:
+        return "ok"
+
+    app.run(host="127.0.0.1", port=port, threaded=True)
+
+
+MLSERVER_RUNTIME = '''
+import numpy as np, tensorflow as tf
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+class SavedModel(MLModel):
+    async def load(self):
+        self._fn = tf.saved_model.load(self.settings.parameters.uri).signatures["serving_default"]
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32)
+        out = next(iter(self._fn(tf.constant(x)).values())).numpy()
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("output_0", out)])
+'''
+
+
+def mlserver_server(models: str) -> Server:
+    if not os.path.exists(os.path.join(PEER_VENV, ".installed")):
+        print("installing MLServer into bench/.venv-peer (once) ...", flush=True)
+        subprocess.run([PY, "-m", "venv", PEER_VENV], check=True)
+        subprocess.run([os.path.join(PEER_VENV, "bin", "pip"), "install", "-q", "mlserver", "tensorflow==2.21.*"],
+                       check=True)
+        open(os.path.join(PEER_VENV, ".installed"), "w").close()
+    folder = tempfile.mkdtemp(prefix="mlserver-")
+    with open(os.path.join(folder, "runtime.py"), "w") as f:
+        f.write(MLSERVER_RUNTIME)
+    port = free_port()
+    with open(os.path.join(folder, "settings.json"), "w") as f:
+        json.dump({"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",
+                   "parallel_workers": 0}, f)
+    with open(os.path.join(folder, "model-settings.json"), "w") as f:
+        json.dump({"name": "digits", "implementation": "runtime.SavedModel",
+                   "parameters": {"uri": os.path.join(models, "digits", "1")}}, f)
+    return Server("mlserver", [os.path.join(PEER_VENV, "bin", "mlserver"), "start", folder], port,
+                  "/v2/health/ready", env={"PYTHONPATH": folder})
+
+
+# -- load ----------------------------------------------------------------------------------
+
+LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
+
+
+def wrk(url: str, body: str, connections: int, duration: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA.format(body=body))
+    out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency",
+                          "-s", f.name, url], capture_output=True, text=True, timeout=duration + 60).stdout
+    os.unlink(f.name)
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
+    return {"rps": rps, "p50": ms("50"), "p99": ms("99"), "errors": errors}
+
+
+def _grpc_worker(target: str, threads: int, duration: float, row: list[float], queue: Any) -> None:
+    import grpc
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.asarray([row], np.float32)))
+    latencies: list[float] = []
+    errors = [0]
+    end = time.monotonic() + duration
+
+    def loop() -> None:
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            try:
+                stub.Predict(request, timeout=10)
+                latencies.append((time.perf_counter() - start) * 1000)
+            except grpc.RpcError:
+                errors[0] += 1
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    queue.put((latencies, errors[0]))
+
+
+def grpc_load(target: str, row: list[float], connections: int, duration: int) -> dict[str, float]:
+    processes = min(2, connections)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_grpc_worker, args=(target, max(1, connections // processes), duration, row, queue))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=duration + 120) for _ in procs]
+    for p in procs:
+        p.join()
+    latencies = sorted(x for lat, _ in results for x in lat)
+    if not latencies:
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": sum(e for _, e in results)}
+    return {"rps": len(latencies) / duration, "p50": statistics.median(latencies),
+            "p99": latencies[int(0.99 * (len(latencies) - 1))], "errors": sum(e for _, e in results)}
+
+
+# -- the run -------------------------------------------------------------------------------
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=6, help="seconds per measurement (default 6)")
+    p.add_argument("--connections", default="1,16,64", help="concurrencies (default 1,16,64)")
+    p.add_argument("--no-peer", action="store_true", help="skip MLServer (it installs into bench/.venv-peer)")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs"), help="where the results and plot go")
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed: apt-get install wrk (the Makefile's bench target does it)")
+        return 2
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    console = Console()
+    connections = [int(c) for c in args.connections.split(",")]
+    work = tempfile.mkdtemp(prefix="tfprod-bench-")
+    models = os.path.join(work, "models")
+    facts = build_models(models)
+    with open(os.path.join(models, "models.config"), "w") as f:
+        f.write("model_config_list {\n" + "".join(
+            f'  config {{ name: "{m}" base_path: "{models}/{m}" model_platform: "tensorflow" }}\n'
+            for m in ("digits", "cnn")) + "}\n")
+    batching = os.path.join(work, "batching.config")
+    with open(batching, "w") as f:
+        f.write(BATCHING)
+    v1 = json.dumps({"instances": [facts["row"]]})
+    v2 = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": facts["row"]}]})
+
+    # (system, server key, kind, path, body)
+    plan = [
+        ("tfprod REST batching", "on", "http", "/v1/models/digits:predict", v1),
+        ("tfprod REST", "off", "http", "/v1/models/digits:predict", v1),
+        ("tfprod gRPC batching", "on", "grpc", "", ""),
+        ("tfprod gRPC", "off", "grpc", "", ""),
+        ("tfprod V2 REST batching", "on", "http", "/v2/models/digits/infer", v2),
+        ("tfprod REST batching, CNN", "on", "http", "/v1/models/cnn:predict", v1),
+        ("tfprod REST, CNN", "off", "http", "/v1/models/cnn:predict", v1),
+        ("no-op endpoint (ceiling)", "noop", "http", "/", v1),
+        ("Flask + TF", "flask", "http", "/v1/models/digits:predict", v1),
+    ]
+    if not args.no_peer:
+        plan.append(("MLServer (V2)", "mlserver", "http", "/v2/models/digits/infer", v2))
+
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    with Progress(console=console) as progress:
+        task = progress.add_task("benchmark", total=len(plan) * len(connections))
+        for key in dict.fromkeys(k for _, k, *_ in plan):
+            progress.update(task, description=f"starting {key}")
+            if key in ("on", "off"):
+                server, grpc_port = tfprod_server(f"tfprod-{key}", models, batching if key == "on" else None)
+            elif key == "noop":
+                port = free_port()
+                server, grpc_port = Server("noop", [PY, __file__, "_noop", str(port)], port, "/"), 0
+            elif key == "flask":
+                port = free_port()
+                server, grpc_port = Server("flask", [PY, __file__, "_flask", str(port), f"{models}/digits/1"], port,
+                                           "/ready"), 0
+            else:
+                server, grpc_port = mlserver_server(models), 0
+            try:
+                for name, k, kind, path, body in plan:
+                    if k != key:
+                        continue
+                    for c in connections:
+                        progress.update(task, description=f"{name} @ {c}")
+                        if kind == "http":
+                            r = wrk(f"http://127.0.0.1:{server.port}{path}", body, c, args.duration)
+                        else:
+                            r = grpc_load(f"127.0.0.1:{grpc_port}", facts["row"], c, args.duration)
+                        r["rss_mb"] = server.rss_mb()
+                        results.setdefault(name, {})[c] = r
+                        progress.advance(task)
+            finally:
+                server.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    report(console, Table, results, connections, args)
+    return 0
+
+
+def report(console: Any, table_cls: Any, results: dict[str, dict[int, dict[str, float]]],
+           connections: list[int], args: argparse.Namespace) -> None:
+    ref = results["tfprod REST batching"]
+    table = table_cls(title="digits MLP unless noted; ratios to tfprod REST batching at the same concurrency")
+    for col in ("system", "conc", "req/s", "× tfprod", "P50 ms", "P99 ms", "errors", "RSS MB"):
+        table.add_column(col, justify="left" if col == "system" else "right")
+    lines = ["| system | conc | req/s | × tfprod | P50 ms | P99 ms | errors | RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, by_c in results.items():
+        for c, r in by_c.items():
+            ratio = r["rps"] / ref[c]["rps"] if ref.get(c) and ref[c]["rps"] else float("nan")
+            cells = [name, str(c), f"{r['rps']:.0f}", f"{ratio:.2f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}",
+                     str(int(r["errors"])), f"{r['rss_mb']:.0f}"]
+            table.add_row(*cells)
+            lines.append("| " + " | ".join(cells) + " |")
+    console.print(table)
+
+    c = max(connections)
+    def at(name: str, key: str) -> float:
+        return results.get(name, {}).get(c, {}).get(key, float("nan"))
+    peers = [n for n in results if n.startswith("MLServer")]
+    best_peer = max((at(n, "rps") for n in peers), default=float("nan"))
+    targets = [
+        ("batching on ≥ 5× batching off (REST)", at("tfprod REST batching", "rps") / at("tfprod REST", "rps"), 5.0),
+        ("tfprod REST ≥ 3× Flask throughput", at("tfprod REST batching", "rps") / at("Flask + TF", "rps"), 3.0),
+        ("tfprod P99 ≤ 1/3 of Flask's", at("Flask + TF", "p99") / at("tfprod REST batching", "p99"), 3.0),
+        ("tfprod ≥ 2× the best peer", at("tfprod REST batching", "rps") / best_peer, 2.0),
+        ("tfprod ≥ 50% of the no-op ceiling", at("tfprod REST batching", "rps") / at("no-op endpoint (ceiling)", "rps"),
+         0.5),
+        ("tfprod P99 ≤ 3× its P50", 3.0 * at("tfprod REST batching", "p50") / at("tfprod REST batching", "p99"), 1.0),
+    ]
+    lines += ["", f"Targets at {c} connections:", "", "| target | measured | needed | |", "|---|---|---|---|"]
+    for label, value, need in targets:
+        ok = "met" if value >= need else ("n/a" if value != value else "MISSED")
+        console.print(f"  {label}: {value:.2f} (need ≥ {need}) [{'green' if ok == 'met' else 'red'}]{ok}")
+        lines.append(f"| {label} | {value:.2f} | ≥ {need} | {ok} |")
+    os.makedirs(args.out, exist_ok=True)
+    command = "make bench" if not args.no_peer else "make bench BENCH_ARGS=--no-peer"
+    with open(os.path.join(args.out, "performance_results.md"), "w") as f:
+        f.write(f"# Latest benchmark run\n\nProduced by `{command}` (`bench/run.py --duration {args.duration} "
+                f"--connections {args.connections}`) on {time.strftime('%Y-%m-%d')}, 2 cores shared with the "
+                "load generator. Compare rows of this run only.\n\n" + "\n".join(lines) + "\n\n![plot](bench.png)\n")
+    plot(results, connections, os.path.join(args.out, "bench.png"))
+    console.print(f"wrote {args.out}/performance_results.md and {args.out}/bench.png")
+
+
+def plot(results: dict[str, dict[int, dict[str, float]]], connections: list[int], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, by_c in results.items():
+        cs = [c for c in connections if c in by_c]
+        a.plot(cs, [by_c[c]["rps"] for c in cs], marker="o", label=name)
+        b.plot(cs, [by_c[c]["p99"] for c in cs], marker="o", label=name)
+    a.set(xlabel="connections", ylabel="requests/s", title="Throughput", xscale="log")
+    b.set(xlabel="connections", ylabel="P99 ms", title="P99 latency", xscale="log", yscale="log")
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_noop":
+        serve_noop(int(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_flask":
+        serve_flask(int(sys.argv[2]), sys.argv[3])
+    else:
+        sys.exit(main(sys.argv[1:]))
