@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
 PEER_VENV = os.path.join(HERE, ".venv-peer")
-BATCHING = "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 0 }\nnum_batch_threads { value: 1 }\n" \
+BATCHING = "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 0 }\nnum_batch_threads { value: 1 }\n" \
            "max_enqueued_batches { value: 64 }\n"
 
 

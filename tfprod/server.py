@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+import uvloop
 from prometheus_client.registry import CollectorRegistry
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -129,7 +130,8 @@ def run(options: ServerOptions) -> None:
     if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
         core.poll_config_file(options.model_config_file, options.model_config_file_poll_wait_seconds)
     try:
-        asyncio.run(_serve(options, app, grpc_server))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop: REST's fast path
+            runner.run(_serve(options, app, grpc_server))
     finally:
         log.info("shutting down: unloading models")
         core.stop()
