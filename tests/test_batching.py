@@ -7,6 +7,7 @@ ran in.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -58,10 +59,12 @@ def server(model_dir: str, start_server: Any, tmp_path_factory: pytest.TempPathF
            model_version_policy {{ all {{}} }} }}
   config {{ name: "slow" base_path: "{slow}" model_platform: "tensorflow" }}
 }}""")
-    return start_server([f"--model_config_file={root / 'models.config'}", "--enable_batching",
-                         f"--batching_parameters_file={root / 'batching.config'}",
-                         "--enable_per_model_batching_parameters",
-                         f"--monitoring_config_file={root / 'monitoring.config'}"])
+    server = start_server([f"--model_config_file={root / 'models.config'}", "--enable_batching",
+                           f"--batching_parameters_file={root / 'batching.config'}",
+                           "--enable_per_model_batching_parameters",
+                           f"--monitoring_config_file={root / 'monitoring.config'}"])
+    server.probe_path = str(probe)  # type: ignore[attr-defined]
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +228,37 @@ def _metric(server: ServerProcess, series: str) -> float:
     text = server.client.get("/monitoring/prometheus/metrics").text
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
     return values[0] if values else 0.0
+
+
+def test_batches_in_flight_finish_across_a_version_swap(server: ServerProcess) -> None:
+    """Runs last: it replaces the probe's versions 1 and 2 with 3 while callers keep sending."""
+    probe = server.probe_path  # type: ignore[attr-defined]
+    stop, failures, served = threading.Event(), [], [0]
+
+    def load() -> None:
+        while not stop.is_set():
+            r = server.client.post("/v1/models/probe:predict", json={"instances": [[1.0]]})
+            if r.status_code != 200 or r.json()["predictions"][0]["y"] != [2.0]:
+                failures.append((r.status_code, r.text))
+            served[0] += 1
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        saved_models.publish(f"{probe}/1", probe, 3)  # with its batching_params.pbtxt
+        server.wait_until(lambda: server.client.get("/v1/models/probe/versions/3").json()
+                          .get("model_version_status", [{}])[0].get("state") == "AVAILABLE", 60, "version 3")
+        shutil.rmtree(f"{probe}/1")
+        shutil.rmtree(f"{probe}/2")
+        server.wait_until(lambda: {s["version"]: s["state"] for s in server.client.get("/v1/models/probe").json()
+                                   ["model_version_status"]} == {"3": "AVAILABLE", "2": "END", "1": "END"},
+                          60, "versions 1 and 2 to unload")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert served[0] > 0 and not failures, failures[:3]
+    r = server.client.post("/v2/models/probe/infer", json={"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]})
+    assert r.json()["model_version"] == "3"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +41,7 @@ class BatchingOptions:
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
-    num_batch_threads: int = 2
+    num_batch_threads: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)  # TF Serving's
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False
     enable_large_batch_splitting: bool = False

@@ -127,11 +127,11 @@ def read_ssl_config(path: str) -> SslOptions:
     return SslOptions(config.server_key, config.server_cert, config.custom_ca, config.client_verify)
 
 
-def read_batching_parameters(path: str, num_batch_threads: int = 0) -> BatchingOptions:
+def read_batching_parameters(path: str) -> BatchingOptions:
     """TF Serving's BatchingParameters text proto -> checked options; unset fields take TF Serving's
     defaults."""
     params = _read_text_proto(path, BatchingParameters(), "batching_parameters_file")
-    defaults = BatchingOptions(num_batch_threads=num_batch_threads or BatchingOptions.num_batch_threads)
+    defaults = BatchingOptions()
 
     def value(name: str) -> Any:
         return getattr(params, name).value if params.HasField(name) else getattr(defaults, name)
