@@ -191,15 +191,23 @@ def _demo(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"serve": _serve, "demo": _demo}
+def _inspect(argv: Sequence[str]) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfprod.inspection import main
+
+    return main(argv)
+
+
+COMMANDS = {"serve": _serve, "demo": _demo, "inspect": _inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: tfprod {serve,demo} [flags]\n\n"
+        print("usage: tfprod {serve,demo,inspect} [flags]\n\n"
               "  serve   serve SavedModels with TF Serving's flags, REST API and config files\n"
-              "  demo    train a digits classifier, export it under ./models/digits and serve it\n\n"
+              "  demo    train a digits classifier, export it under ./models/digits and serve it\n"
+              "  inspect show a SavedModel's signatures, audit metadata and files (--json for machines)\n\n"
               "Run `tfprod COMMAND --help` for a command's flags.", file=sys.stderr if argv else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\ntfprod: unknown command {argv[0]!r}", file=sys.stderr)

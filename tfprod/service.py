@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
@@ -94,9 +95,10 @@ class Service:
     def available_versions(self, name: str) -> list[int]:
         return self._manager.available_versions(name)
 
-    def metadata(self, spec: ModelSpec) -> tuple[int, meta_graph_pb2.MetaGraphDef]:
+    def metadata(self, spec: ModelSpec) -> tuple[int, meta_graph_pb2.MetaGraphDef, dict[str, Any] | None]:
+        """(version, MetaGraphDef, the version's audit metadata or None)."""
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            return version, servable.meta_graph
+            return version, servable.meta_graph, servable.audit
 
     def models(self) -> dict[str, tuple[list[VersionStatus], dict[str, int]]]:
         return {m: (self._manager.status(m), self._manager.labels(m)) for m in self._manager.models()}

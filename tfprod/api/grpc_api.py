@@ -202,7 +202,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             if field != "signature_def":
                 raise invalid(f"Metadata field {field} is not supported")  # TF Serving's text, its %s filled
         spec = model_spec_of(request, signature=False)
-        version, meta_graph = self._service.metadata(spec)
+        version, meta_graph, _ = self._service.metadata(spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=messages.model_spec(spec.name, version))
         response.metadata["signature_def"].Pack(messages.signature_def_map(meta_graph))
         return response

@@ -274,9 +274,12 @@ class RestApi:
         return json_tensor.dumps(_status_doc(self._service.status(spec.name, spec.version, spec.label)))
 
     def _metadata(self, spec: ModelSpec) -> bytes:
-        version, meta_graph = self._service.metadata(spec)
+        version, meta_graph, audit = self._service.metadata(spec)
+        metadata: dict[str, Any] = {"signature_def": _to_dict(messages.signature_def_map(meta_graph))}
+        if audit is not None:  # a key TF Serving clients do not read: they are unaffected
+            metadata["audit"] = audit
         return json_tensor.dumps({"model_spec": _to_dict(messages.model_spec(spec.name, version)),
-                                  "metadata": {"signature_def": _to_dict(messages.signature_def_map(meta_graph))}})
+                                  "metadata": metadata})
 
     def _list_models(self) -> bytes:
         return json_tensor.dumps({"models": [

@@ -7,6 +7,7 @@ import gc
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +18,7 @@ from tfprod.batching import Batcher, BatchingOptions, BatchStats
 from tfprod.config.model_config import ConfigError, read_batching_parameters
 from tfprod.core.manager import ServableId
 from tfprod.errors import Code, ServingError, invalid
+from tfprod.export import read_metadata
 from tfprod.signature import Signature, TensorInfo
 
 MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
@@ -79,6 +81,7 @@ class SavedModelServable:
     _loaded: object
     _functions: dict[str, object]
     batcher: Batcher | None = None
+    audit: dict[str, Any] | None = None  # assets.extra/tfprod_metadata.json, when the export wrote one
 
     def signature(self, name: str) -> Signature:
         sig = self.signatures.get(name)
@@ -144,7 +147,7 @@ def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})
         raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {_tf_message(e)}") from None
     functions = dict(getattr(loaded, "signatures", {}))
     signatures = {k: v for k, v in signatures_of(meta_graph).items() if k in functions}
-    servable = SavedModelServable(sid, path, meta_graph, signatures, loaded, functions)
+    servable = SavedModelServable(sid, path, meta_graph, signatures, loaded, functions, audit=_audit(path))
     if batching is not None and per_model_batching:  # TF Serving: the version's own file, or no batching
         per_model = os.path.join(path, BATCHING_PARAMS_FILE)
         try:
@@ -155,6 +158,13 @@ def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})
         servable.batcher = Batcher(sid.name, servable._call, batching, batch_stats)
     _freeze()
     return servable
+
+
+def _audit(path: str) -> dict[str, Any] | None:
+    try:
+        return read_metadata(path)
+    except (OSError, ValueError) as e:
+        raise ServingError(Code.INVALID_ARGUMENT, f"unreadable audit metadata in {path}: {e}") from None
 
 
 def _freeze() -> None:

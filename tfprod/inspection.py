@@ -1,0 +1,107 @@
+"""`tfprod inspect DIR`: what `saved_model_cli show --all` tells, plus the audit metadata and the
+files, for people (rich tables) or machines (`--json`). DIR is a version directory, or a model's
+base path (its newest version is shown)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tensorflow.core.protobuf import saved_model_pb2
+
+from tfprod.export import read_metadata
+from tfprod.signature import DTYPES
+
+
+def _version_dir(path: str) -> str:
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted((int(d) for d in os.listdir(path) if d.isdigit() and
+                       os.path.isfile(os.path.join(path, d, "saved_model.pb"))), reverse=True)
+    if not versions:
+        raise FileNotFoundError(f"{path} holds no saved_model.pb, and no numbered version directory with one")
+    return os.path.join(path, str(versions[0]))
+
+
+def _tensor(info: Any) -> dict[str, Any]:
+    shape = None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
+    dtype = DTYPES.get(info.dtype, (f"DataType({info.dtype})",))[0]
+    return {"dtype": dtype, "shape": shape}
+
+
+def describe(path: str) -> dict[str, Any]:
+    version_dir = _version_dir(path)
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    meta_graphs = []
+    for mg in saved.meta_graphs:
+        meta_graphs.append({
+            "tags": sorted(mg.meta_info_def.tags),
+            "signatures": {
+                name: {"method_name": sig.method_name,
+                       "inputs": {k: _tensor(v) for k, v in sorted(sig.inputs.items())},
+                       "outputs": {k: _tensor(v) for k, v in sorted(sig.outputs.items())}}
+                for name, sig in sorted(mg.signature_def.items()) if not name.startswith("__")},
+        })
+    files = []
+    for root, _, names in os.walk(version_dir):
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            files.append({"path": os.path.relpath(full, version_dir), "bytes": os.path.getsize(full)})
+    return {"path": os.path.abspath(version_dir), "meta_graphs": meta_graphs, "audit": read_metadata(version_dir),
+            "files": sorted(files, key=lambda f: f["path"])}
+
+
+def _show(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{doc['path']}[/bold]")
+    for mg in doc["meta_graphs"]:
+        for name, sig in mg["signatures"].items():
+            table = Table(title=f"signature '{name}' ({sig['method_name']}), tags {mg['tags']}", title_justify="left")
+            for col in ("", "name", "dtype", "shape"):
+                table.add_column(col)
+            for kind in ("inputs", "outputs"):
+                for tname, t in sig[kind].items():
+                    shape = "unknown rank" if t["shape"] is None else str(t["shape"])
+                    table.add_row(kind[:-1], tname, t["dtype"], shape)
+            console.print(table)
+    if doc["audit"] is None:
+        console.print("audit metadata: [yellow]none[/yellow] (not exported with tfprod.export)")
+    else:
+        table = Table(title="audit metadata", title_justify="left")
+        table.add_column("field")
+        table.add_column("value")
+        for key, value in sorted(doc["audit"].items()):
+            table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        console.print(table)
+    table = Table(title="files", title_justify="left")
+    table.add_column("path")
+    table.add_column("bytes", justify="right")
+    for f in doc["files"]:
+        table.add_row(f["path"], f"{f['bytes']:,}")
+    console.print(table)
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="tfprod inspect", description=__doc__)
+    p.add_argument("dir", help="a SavedModel version directory, or a base path of numbered versions")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = p.parse_args(argv)
+    try:
+        doc = describe(args.dir)
+    except (OSError, ValueError) as e:
+        print(f"tfprod inspect: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _show(doc)
+    return 0
