@@ -96,11 +96,13 @@ class ServerCore:
             self._serve_locked()
             self._wait_available([name], timeout_s)
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str, timeout_s: float = 30.0) -> None:
+        """Stop serving a configured model; answer once no version of it takes new requests."""
         with self._lock:
             self._configured(name)
             self._unloaded.add(name)
             self._serve_locked()
+        self._manager.wait_for(lambda: not self._manager.available_versions(name), timeout_s)
         log.info("model %s unloaded on request", name)
 
     def _configured(self, name: str) -> None:
