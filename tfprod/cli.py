@@ -140,6 +140,13 @@ def _serve(argv: Sequence[str]) -> int:
                         else BatchingOptions())
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
+    from tfprod.migrate import keras_files_without_saved_model
+
+    for m in models:
+        if keras := keras_files_without_saved_model(m.base_path):
+            return _fail(f"model '{m.name}': {m.base_path} holds Keras files ({', '.join(keras[:3])}), not "
+                         f"SavedModels, and they carry no serving signatures: convert with `tfprod migrate "
+                         f"{keras[0]} {m.base_path}`")
     # Callers wait for their batch on a front end's worker thread: give the pools room for the rows
     # a batch can hold, or batches could never grow past the pool size.
     waiting = min(256, batching.max_batch_size * batching.num_batch_threads) if batching else 0
@@ -198,16 +205,24 @@ def _inspect(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"serve": _serve, "demo": _demo, "inspect": _inspect}
+def _migrate(argv: Sequence[str]) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfprod.migrate import main
+
+    return main(argv)
+
+
+COMMANDS = {"serve": _serve, "demo": _demo, "inspect": _inspect, "migrate": _migrate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: tfprod {serve,demo,inspect} [flags]\n\n"
+        print("usage: tfprod {serve,demo,inspect,migrate} [flags]\n\n"
               "  serve   serve SavedModels with TF Serving's flags, REST API and config files\n"
               "  demo    train a digits classifier, export it under ./models/digits and serve it\n"
-              "  inspect show a SavedModel's signatures, audit metadata and files (--json for machines)\n\n"
+              "  inspect show a SavedModel's signatures, audit metadata and files (--json for machines)\n"
+              "  migrate turn a .h5/.keras file into a SavedModel version (Keras safe mode)\n\n"
               "Run `tfprod COMMAND --help` for a command's flags.", file=sys.stderr if argv else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\ntfprod: unknown command {argv[0]!r}", file=sys.stderr)

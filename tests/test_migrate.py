@@ -1,0 +1,56 @@
+"""`tfprod migrate` on real Keras files, and `tfprod serve` refusing them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfprod.export import read_metadata
+from tfprod.migrate import MigrateError, migrate
+
+
+def model(with_lambda: bool = False) -> tf.keras.Model:
+    tf.keras.utils.set_random_seed(0)
+    layers: list[Any] = [tf.keras.Input((4,), name="x"), tf.keras.layers.Dense(3)]
+    if with_lambda:
+        layers.append(tf.keras.layers.Lambda(lambda t: t * 2))
+    return tf.keras.Sequential(layers)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_a_keras_file_becomes_a_version_that_answers_like_the_model(tmp_path: Any, suffix: str) -> None:
+    m = model()
+    source = str(tmp_path / f"model{suffix}")
+    m.save(source)
+    path = migrate(source, str(tmp_path / "served"))
+    assert path.endswith(os.path.join("served", "1"))
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    got = next(iter(tf.saved_model.load(path).signatures["serving_default"](tf.constant(x)).values()))
+    np.testing.assert_allclose(got.numpy(), m(x).numpy(), rtol=1e-6)
+    assert read_metadata(path)["description"] == f"migrated from model{suffix}"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_lambda_layers_are_refused_not_run(tmp_path: Any, suffix: str) -> None:
+    source = str(tmp_path / f"lambda{suffix}")
+    model(with_lambda=True).save(source)
+    with pytest.raises(MigrateError, match="Lambda|safe"):
+        migrate(source, str(tmp_path / "served"))
+    assert not os.path.exists(tmp_path / "served" / "1")
+
+
+def test_serve_refuses_keras_files_and_names_migrate(tmp_path: Any) -> None:
+    base = tmp_path / "m"
+    base.mkdir()
+    model().save(str(base / "model.h5"))
+    result = subprocess.run([sys.executable, "-m", "tfprod", "serve", "--rest_api_port=1",
+                             f"--model_base_path={base}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "tfprod migrate" in result.stderr and "model.h5" in result.stderr
+    assert "Traceback" not in result.stderr
