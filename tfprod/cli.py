@@ -83,6 +83,10 @@ def serve_parser() -> argparse.ArgumentParser:
                         help="comma-separated MetaGraphDef tags to load (default: serve)")
     _add_bool(models, "allow_version_labels_for_unavailable_models", False,
               "let a new label point at a version that is not yet AVAILABLE")
+    _add_bool(models, "enable_model_warmup", True,
+              "replay assets.extra/tf_serving_warmup_requests before a version takes traffic")
+    models.add_argument("--num_request_iterations_for_warmup", type=int, default=1,
+                        help="times each warmup record is replayed (default: 1)")
     _add_bool(models, "enable_signature_method_name_check", False,
               "classify/regress only on signatures whose method_name says so, as TF 1 servers did")
 
@@ -165,6 +169,8 @@ def _serve(argv: Sequence[str]) -> int:
             allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
             enable_signature_method_name_check=args.enable_signature_method_name_check,
             batching=batching,
+            enable_model_warmup=args.enable_model_warmup,
+            num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
             per_model_batching=args.enable_per_model_batching_parameters,
             rest=RestOptions(
                 timeout_s=args.rest_api_timeout_in_ms / 1000,
@@ -212,17 +218,25 @@ def _migrate(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"serve": _serve, "demo": _demo, "inspect": _inspect, "migrate": _migrate}
+def _warmup(argv: Sequence[str]) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfprod.warmup import main
+
+    return main(argv)
+
+
+COMMANDS = {"serve": _serve, "demo": _demo, "inspect": _inspect, "migrate": _migrate, "warmup": _warmup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: tfprod {serve,demo,inspect,migrate} [flags]\n\n"
+        print("usage: tfprod {serve,demo,inspect,migrate,warmup} [flags]\n\n"
               "  serve   serve SavedModels with TF Serving's flags, REST API and config files\n"
               "  demo    train a digits classifier, export it under ./models/digits and serve it\n"
               "  inspect show a SavedModel's signatures, audit metadata and files (--json for machines)\n"
-              "  migrate turn a .h5/.keras file into a SavedModel version (Keras safe mode)\n\n"
+              "  migrate turn a .h5/.keras file into a SavedModel version (Keras safe mode)\n"
+              "  warmup  write a version's warmup requests (TF Serving's format) from JSON requests\n\n"
               "Run `tfprod COMMAND --help` for a command's flags.", file=sys.stderr if argv else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\ntfprod: unknown command {argv[0]!r}", file=sys.stderr)

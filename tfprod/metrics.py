@@ -26,6 +26,7 @@ LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
 
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+WARMUP_LATENCY = ":tensorflow:serving:model_warmup_latency"
 LOAD_ATTEMPTS = ":tensorflow:cc:saved_model:load_attempt_count"
 VERSION_STATE = ":tfprod:serving:model_version_state"
 
@@ -72,6 +73,7 @@ class ServingMetrics(Collector):
         self._loads: dict[tuple[str, str], int] = defaultdict(int)
         self._states: dict[tuple[str, str], int] = {}
         self._batching: dict[tuple[str, str], _Histogram] = {}
+        self._warmup: dict[str, _Histogram] = defaultdict(_Histogram)
         self._wrapped_runs: dict[str, int] = defaultdict(int)
 
     def record_request(self, model: str, status: str, api: str, entrypoint: str, seconds: float) -> None:
@@ -87,6 +89,10 @@ class ServingMetrics(Collector):
                 self._loads[(sid.name, "success")] += 1
             elif state is State.END and error is not None:
                 self._loads[(sid.name, "fail")] += 1
+
+    def record_warmup(self, model: str, seconds: float) -> None:
+        with self._lock:
+            self._warmup[model].observe(seconds * 1e6)
 
     def record_batch(self, model: str, queuing_s: Sequence[float], input_size: int, processed_size: int) -> None:
         with self._lock:
@@ -106,6 +112,7 @@ class ServingMetrics(Collector):
             latency = {k: copy.deepcopy(h) for k, h in self._latency.items()}
             batching = {k: copy.deepcopy(h) for k, h in self._batching.items()}
             wrapped = dict(self._wrapped_runs)
+            warmup = {k: copy.deepcopy(h) for k, h in self._warmup.items()}
             loads = dict(self._loads)
             states = dict(self._states)
         count = Metric(REQUEST_COUNT, "The total number of requests.", "unknown")
@@ -127,6 +134,11 @@ class ServingMetrics(Collector):
         for model, n in wrapped.items():
             runs.add_sample(BATCHING + "wrapped_run_count", {"model_name": model}, n)
         yield runs
+        family = HistogramMetricFamily(WARMUP_LATENCY, "Distribution of wall time (in microseconds) for "
+                                       "warming up a model version.", labels=["model_name"])
+        for model, h in warmup.items():
+            h.add_to(family, [model])
+        yield family
         attempts = Metric(LOAD_ATTEMPTS, "The number of times a SavedModel was attempted to load.", "unknown")
         for (model, status), n in loads.items():
             attempts.add_sample(LOAD_ATTEMPTS, {"model_name": model, "status": status}, n)

@@ -20,13 +20,14 @@ import uvloop
 from prometheus_client.registry import CollectorRegistry
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from tfprod import warmup
 from tfprod.api import grpc_api
 from tfprod.api.grpc_server import GrpcOptions, GrpcServer
 from tfprod.api.rest import RestApi, RestOptions
 from tfprod.api.v2 import V2Models, V2Servicer
 from tfprod.batching import BatchingOptions
 from tfprod.config.model_config import ModelConfig
-from tfprod.core.manager import Manager, ManagerOptions
+from tfprod.core.manager import Manager, ManagerOptions, ServableId
 from tfprod.core.source import FileSystemSource, SourceOptions
 from tfprod.metrics import ServingMetrics
 from tfprod.protos import grpc_predict_v2_pb2_grpc
@@ -52,6 +53,8 @@ class ServerOptions:
     enable_signature_method_name_check: bool = False
     batching: BatchingOptions | None = None
     per_model_batching: bool = False
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
     rest: RestOptions = RestOptions()
     grpc: GrpcOptions = GrpcOptions()
     grace_s: float = 30.0  # how long a stop waits for gRPC calls in flight
@@ -93,9 +96,24 @@ def run(options: ServerOptions) -> None:
     registry = CollectorRegistry(auto_describe=True)
     metrics = ServingMetrics()
     registry.register(metrics)
+    load = functools.partial(saved_model.load, tags=options.saved_model_tags, batching=options.batching,
+                             per_model_batching=options.per_model_batching, batch_stats=metrics)
+
+    def load_and_warm(sid: ServableId, path: str) -> saved_model.SavedModelServable:
+        servable = load(sid, path)
+        if options.enable_model_warmup:
+            try:
+                done = warmup.replay(path, servable, options.num_request_iterations_for_warmup)
+            except BaseException:
+                servable.unload()
+                raise
+            if done is not None:
+                metrics.record_warmup(sid.name, done[1])
+                log.info("warmed up %s version %d: %d records in %.2fs", sid.name, sid.version, *done)
+        return servable
+
     manager = Manager[saved_model.SavedModelServable](
-        functools.partial(saved_model.load, tags=options.saved_model_tags, batching=options.batching,
-                          per_model_batching=options.per_model_batching, batch_stats=metrics),
+        load_and_warm,
         ManagerOptions(
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_s=options.load_retry_interval_micros / 1e6,

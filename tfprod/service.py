@@ -116,6 +116,15 @@ def _run(servable: SavedModelServable, signature_name: str, decode: Decode,
     return sig, servable.run(sig, decode(sig), output_filter)
 
 
+def classify_on(servable: SavedModelServable, signature_name: str, examples: list[bytes]) -> Classes:
+    """Classify on a servable already in hand (warmup replays before a version is AVAILABLE)."""
+    return _classify(servable, signature_name, examples, False)
+
+
+def regress_on(servable: SavedModelServable, signature_name: str, examples: list[bytes]) -> np.ndarray:
+    return _regress(servable, signature_name, examples, False)
+
+
 def _check_method(servable: SavedModelServable, signature_name: str, method: str, kind: str) -> None:
     sig = servable.signature(signature_name)
     if sig.method_name != method:
