@@ -156,3 +156,24 @@ def test_exported_keras_models_convert_to_tflite(exported: dict[str, Any], mode:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     flatbuffer = converter.convert()
     assert len(flatbuffer) > 1000
+
+
+def test_a_policy_refuses_versions_without_required_metadata(exported: dict[str, Any], start_server: Any,
+                                                            tmp_path: Any) -> None:
+    """--required_metadata_fields: the digits version (approval_id set) serves; the cnn version
+    (exported without one) ends in END with the reason, and the server says what it waits for."""
+    root = exported["root"]
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list {\n" + "".join(
+        f'  config {{ name: "{m}" base_path: "{root}/{m}" model_platform: "tensorflow" }}\n'
+        for m in ("digits", "cnn")) + "}\n")
+    server: ServerProcess = start_server([f"--model_config_file={config}", "--max_num_load_retries=0",
+                                          "--required_metadata_fields=owner,approval_id"], wait=False)
+    server.wait_until(lambda: server.client.get("/v1/models/cnn").json().get("model_version_status", [{}])[0]
+                      .get("state") == "END", 90, "the cnn version to be refused")
+    status = server.client.get("/v1/models/cnn").json()["model_version_status"][0]["status"]
+    assert status["error_code"] == "FAILED_PRECONDITION"
+    assert "lacks required audit metadata: owner, approval_id" in status["error_message"]
+    server.wait_until(lambda: server.client.get("/v1/models/digits").json()["model_version_status"][0]["state"]
+                      == "AVAILABLE", 60, "digits")
+    assert server.client.get("/readyz").json()["waiting_for"] == ["cnn"]

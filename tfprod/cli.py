@@ -85,6 +85,9 @@ def serve_parser() -> argparse.ArgumentParser:
               "let a new label point at a version that is not yet AVAILABLE")
     _add_bool(models, "enable_model_warmup", True,
               "replay assets.extra/tf_serving_warmup_requests before a version takes traffic")
+    models.add_argument("--required_metadata_fields", default="",
+                        help="comma-separated audit metadata fields a version must carry to be served, e.g. "
+                             "owner,approval_id (tfprod; a version without them ends in END with the reason)")
     models.add_argument("--num_request_iterations_for_warmup", type=int, default=1,
                         help="times each warmup record is replayed (default: 1)")
     _add_bool(models, "enable_signature_method_name_check", False,
@@ -170,6 +173,7 @@ def _serve(argv: Sequence[str]) -> int:
             enable_signature_method_name_check=args.enable_signature_method_name_check,
             batching=batching,
             enable_model_warmup=args.enable_model_warmup,
+            required_metadata_fields=tuple(f.strip() for f in args.required_metadata_fields.split(",") if f.strip()),
             num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
             per_model_batching=args.enable_per_model_batching_parameters,
             rest=RestOptions(

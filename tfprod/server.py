@@ -29,6 +29,7 @@ from tfprod.batching import BatchingOptions
 from tfprod.config.model_config import ModelConfig
 from tfprod.core.manager import Manager, ManagerOptions, ServableId
 from tfprod.core.source import FileSystemSource, SourceOptions
+from tfprod.errors import Code, ServingError
 from tfprod.metrics import ServingMetrics
 from tfprod.protos import grpc_predict_v2_pb2_grpc
 from tfprod.servables import saved_model
@@ -54,6 +55,7 @@ class ServerOptions:
     batching: BatchingOptions | None = None
     per_model_batching: bool = False
     enable_model_warmup: bool = True
+    required_metadata_fields: tuple[str, ...] = ()
     num_request_iterations_for_warmup: int = 1
     rest: RestOptions = RestOptions()
     grpc: GrpcOptions = GrpcOptions()
@@ -101,6 +103,11 @@ def run(options: ServerOptions) -> None:
 
     def load_and_warm(sid: ServableId, path: str) -> saved_model.SavedModelServable:
         servable = load(sid, path)
+        missing = [f for f in options.required_metadata_fields if not (servable.audit or {}).get(f)]
+        if missing:
+            servable.unload()
+            raise ServingError(Code.FAILED_PRECONDITION, f"version {sid.version} lacks required audit metadata: "
+                               f"{', '.join(missing)} (export it with tfprod.export.save(..., metadata=...))")
         if options.enable_model_warmup:
             try:
                 done = warmup.replay(path, servable, options.num_request_iterations_for_warmup)
