@@ -177,3 +177,37 @@ def test_a_policy_refuses_versions_without_required_metadata(exported: dict[str,
     server.wait_until(lambda: server.client.get("/v1/models/digits").json()["model_version_status"][0]["state"]
                       == "AVAILABLE", 60, "digits")
     assert server.client.get("/readyz").json()["waiting_for"] == ["cnn"]
+
+
+def test_classify_and_regress_signatures_over_examples(tmp_path: Any, start_server: Any,
+                                                       exported: dict[str, Any]) -> None:
+    from tfprod.export import ExampleSignature
+
+    model = exported["mlp"]
+    features = {"pixels": tf.io.FixedLenFeature([64], tf.float32)}
+
+    def classify(parsed: dict[str, Any]) -> dict[str, Any]:
+        scores = model(parsed["pixels"])
+        classes = tf.tile(tf.as_string(tf.range(10))[None, :], [tf.shape(scores)[0], 1])
+        return {"classes": classes, "scores": scores}
+
+    def regress(parsed: dict[str, Any]) -> dict[str, Any]:
+        return {"outputs": tf.cast(tf.argmax(model(parsed["pixels"]), axis=1), tf.float32)}
+
+    path = save(model, str(tmp_path / "digits"), signatures={
+        "classify": ExampleSignature("classify", features, classify),
+        "regress": ExampleSignature("regress", features, regress)})
+    server: ServerProcess = start_server([f"--model_base_path={os.path.dirname(path)}", "--model_name=d",
+                                          "--enable_signature_method_name_check"])
+    x = exported["x"][:2]
+    want = model(x).numpy()
+    examples = [{"pixels": row.tolist()} for row in x]
+    r = server.client.post("/v1/models/d:classify", json={"signature_name": "classify", "examples": examples})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [label for label, _ in results[0]] == [str(i) for i in range(10)]
+    np.testing.assert_allclose([[score for _, score in row] for row in results], want, rtol=1e-5)
+    r = server.client.post("/v1/models/d:regress", json={"signature_name": "regress", "examples": examples})
+    assert r.json() == {"results": [float(v) for v in want.argmax(axis=1)]}
+    r = server.client.post("/v1/models/d:predict", json={"instances": x.tolist()})  # serving_default added
+    np.testing.assert_allclose(r.json()["predictions"], want, rtol=1e-5)

@@ -15,6 +15,7 @@ half of it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -85,15 +86,43 @@ def read_metadata(version_dir: str) -> dict[str, Any] | None:
 Endpoint = tuple[Callable[..., Any], Sequence[Any]]  # (function, input_signature of tf.TensorSpec)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExampleSignature:
+    """A classify or regress signature over serialized tf.Examples, as TF Serving's :classify and
+    :regress APIs call them: the examples are parsed with `features` (a tf.io feature spec) and
+    passed to `fn`, which returns {"classes", "scores"} (classify) or {"outputs"} (regress)."""
+
+    method: str  # "classify" or "regress"
+    features: Mapping[str, Any]
+    fn: Callable[[dict[str, Any]], dict[str, Any]]
+
+    def endpoint(self) -> Endpoint:
+        import tensorflow as tf
+
+        def run(examples: Any) -> dict[str, Any]:
+            return self.fn(tf.io.parse_example(examples, dict(self.features)))
+        return run, [tf.TensorSpec([None], tf.string, name="inputs")]
+
+
 def save(model: Any, base_path: str, *, version: int | None = None,
-         signatures: Mapping[str, Endpoint] | None = None,
+         signatures: Mapping[str, Endpoint | ExampleSignature] | None = None,
          metadata: Mapping[str, Any] | None = None) -> str:
     """Write `model` as `base_path/<version>` (the next free number by default); return that path.
 
     `signatures` maps signature names to (function, input_signature); without it a Keras model gets
     its call as `serving_default`, and a tf.Module must already define its signatures in this
-    argument. Fails before writing anything if the metadata does not validate."""
+    argument. An `ExampleSignature` value adds a classify/regress signature over tf.Examples. Fails
+    before writing anything if the metadata does not validate."""
     import tensorflow as tf
+
+    methods = {name: f"tensorflow/serving/{sig.method}" for name, sig in (signatures or {}).items()
+               if isinstance(sig, ExampleSignature)}
+    if any(m not in (CLASSIFY, REGRESS) for m in methods.values()):
+        raise ExportError("ExampleSignature.method must be 'classify' or 'regress'")
+    endpoints = {name: sig.endpoint() if isinstance(sig, ExampleSignature) else sig
+                 for name, sig in (signatures or {}).items()}
+    if signatures and isinstance(model, tf.keras.Model) and "serving_default" not in endpoints:
+        endpoints = {"serving_default": (model, [_keras_input_spec(model)]), **endpoints}
 
     doc = {**(metadata or {}),
            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -110,12 +139,14 @@ def save(model: Any, base_path: str, *, version: int | None = None,
     try:
         target = os.path.join(staging, "model")
         if isinstance(model, tf.keras.Model):
-            _export_keras(model, target, signatures)
+            _export_keras(model, target, endpoints)
         else:
-            if not signatures:
+            if not endpoints:
                 raise ExportError("a tf.Module needs `signatures`: {name: (function, input_signature)}")
             tf.saved_model.save(model, target, signatures={
-                name: tf.function(fn).get_concrete_function(*spec) for name, (fn, spec) in signatures.items()})
+                name: tf.function(fn).get_concrete_function(*spec) for name, (fn, spec) in endpoints.items()})
+        if methods:
+            _set_method_names(target, methods)
         os.makedirs(os.path.join(target, "assets.extra"), exist_ok=True)
         with open(os.path.join(target, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2, sort_keys=True)
@@ -123,6 +154,33 @@ def save(model: Any, base_path: str, *, version: int | None = None,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
+
+
+def _keras_input_spec(model: Any) -> Any:
+    import tensorflow as tf
+
+    if len(model.inputs) != 1:
+        raise ExportError("a multi-input Keras model with extra signatures needs an explicit 'serving_default'")
+    tensor = model.inputs[0]
+    return tf.TensorSpec(tensor.shape, tensor.dtype, name=tensor.name.split(":")[0])
+
+
+def _set_method_names(path: str, methods: Mapping[str, str]) -> None:
+    """Exports mark every signature 'predict'; TF Serving's classify/regress APIs look for theirs."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = os.path.join(path, "saved_model.pb")
+    saved = saved_model_pb2.SavedModel()
+    with open(pb, "rb") as f:
+        saved.ParseFromString(f.read())
+    for meta_graph in saved.meta_graphs:
+        for name, method in methods.items():
+            meta_graph.signature_def[name].method_name = method
+    with open(pb, "wb") as f:
+        f.write(saved.SerializeToString())
 
 
 def _export_keras(model: Any, path: str, signatures: Mapping[str, Endpoint] | None) -> None:
