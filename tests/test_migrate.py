@@ -54,3 +54,26 @@ def test_serve_refuses_keras_files_and_names_migrate(tmp_path: Any) -> None:
     assert result.returncode != 0
     assert "tfprod migrate" in result.stderr and "model.h5" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_two_commands_from_a_keras_file_to_a_served_warmed_up_version(tmp_path: Any, start_server: Any) -> None:
+    """The README's path: `tfprod migrate ... --metadata --warmup`, then `tfprod serve`."""
+    source = str(tmp_path / "model.keras")
+    m = model()
+    m.save(source)
+    (tmp_path / "audit.json").write_text('{"owner": "risk-team", "approval_id": "CR-7", "metrics": {"auc": 0.9}}')
+    (tmp_path / "request.json").write_text('{"instances": [[1, 2, 3, 4]]}')
+    done = subprocess.run([sys.executable, "-m", "tfprod", "migrate", source, str(tmp_path / "served"),
+                           f"--metadata={tmp_path / 'audit.json'}", f"--warmup={tmp_path / 'request.json'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    server = start_server([f"--model_base_path={tmp_path / 'served'}", "--model_name=m",
+                           "--required_metadata_fields=owner,approval_id"])
+    assert "warmed up m version 1: 1 records" in server.log()
+    assert server.client.get("/v1/models/m/metadata").json()["metadata"]["audit"]["approval_id"] == "CR-7"
+    r = server.client.post("/v1/models/m:predict", json={"instances": [[1, 2, 3, 4]]})
+    np.testing.assert_allclose(r.json()["predictions"], m(np.array([[1, 2, 3, 4]], np.float32)).numpy(), rtol=1e-5)
+    bad = subprocess.run([sys.executable, "-m", "tfprod", "migrate", source, str(tmp_path / "served"),
+                          f"--warmup={tmp_path / 'audit.json'}"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "warmup request 0" in bad.stderr and "Traceback" not in bad.stderr
+    assert not os.path.exists(tmp_path / "served" / "2")

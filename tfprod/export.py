@@ -106,13 +106,16 @@ class ExampleSignature:
 
 def save(model: Any, base_path: str, *, version: int | None = None,
          signatures: Mapping[str, Endpoint | ExampleSignature] | None = None,
-         metadata: Mapping[str, Any] | None = None) -> str:
+         metadata: Mapping[str, Any] | None = None,
+         warmup: Sequence[Mapping[str, Any]] = ()) -> str:
     """Write `model` as `base_path/<version>` (the next free number by default); return that path.
 
     `signatures` maps signature names to (function, input_signature); without it a Keras model gets
     its call as `serving_default`, and a tf.Module must already define its signatures in this
-    argument. An `ExampleSignature` value adds a classify/regress signature over tf.Examples. Fails
-    before writing anything if the metadata does not validate."""
+    argument. An `ExampleSignature` value adds a classify/regress signature over tf.Examples.
+    `warmup` holds predict requests in TF Serving's JSON form (`instances` or `inputs`, optional
+    `signature_name`), written as the version's warmup records. Fails before publishing anything if
+    the metadata or a warmup request does not fit."""
     import tensorflow as tf
 
     methods = {name: f"tensorflow/serving/{sig.method}" for name, sig in (signatures or {}).items()
@@ -147,6 +150,8 @@ def save(model: Any, base_path: str, *, version: int | None = None,
                 name: tf.function(fn).get_concrete_function(*spec) for name, (fn, spec) in endpoints.items()})
         if methods:
             _set_method_names(target, methods)
+        if warmup:
+            _write_warmup(target, warmup)
         os.makedirs(os.path.join(target, "assets.extra"), exist_ok=True)
         with open(os.path.join(target, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2, sort_keys=True)
@@ -166,6 +171,25 @@ def _keras_input_spec(model: Any) -> Any:
         raise ExportError("a multi-input Keras model with extra signatures needs an explicit 'serving_default'")
     tensor = model.inputs[0]
     return tf.TensorSpec(tensor.shape, tensor.dtype, name=tensor.name.split(":")[0])
+
+
+def _write_warmup(path: str, docs: Sequence[Mapping[str, Any]]) -> None:
+    from tfprod import warmup
+    from tfprod.codec import json_tensor
+    from tfprod.errors import ServingError
+    from tfprod.servables.saved_model import read_meta_graph, signatures_of
+
+    signatures = signatures_of(read_meta_graph(path, frozenset({"serve"})))
+    requests = []
+    for i, doc in enumerate(docs):
+        try:
+            name = json_tensor.signature_name(doc, "serving_default")
+            if name not in signatures:
+                raise ExportError(f"warmup request {i}: no signature '{name}' (have {', '.join(sorted(signatures))})")
+            requests.append((name, json_tensor.parse_predict(doc, signatures[name])[0]))
+        except ServingError as e:
+            raise ExportError(f"warmup request {i}: {e.message}") from None
+    warmup.write(path, requests)
 
 
 def _set_method_names(path: str, methods: Mapping[str, str]) -> None:

@@ -1,4 +1,5 @@
-"""`tfprod migrate MODEL.h5|MODEL.keras BASE_PATH`: a Keras file becomes a servable SavedModel version.
+"""`tfprod migrate MODEL.h5|MODEL.keras BASE_PATH [--metadata audit.json] [--warmup request.json]`:
+a Keras file becomes a servable SavedModel version, with audit metadata and warmup records.
 
 `.h5` and `.keras` files carry weights and an architecture but no serving signatures; TF Serving
 cannot serve them, and neither will tfprod. Loading uses Keras's safe mode: a Lambda layer (or any
@@ -48,7 +49,7 @@ def _h5_config(path: str) -> Any:
 
 
 def migrate(source: str, base_path: str, version: int | None = None,
-            metadata: dict[str, Any] | None = None) -> str:
+            metadata: dict[str, Any] | None = None, warmup: Sequence[dict[str, Any]] = ()) -> str:
     import keras
 
     from tfprod.export import save
@@ -67,7 +68,7 @@ def migrate(source: str, base_path: str, version: int | None = None,
         model = keras.models.load_model(source, compile=False, safe_mode=True)
     except ValueError as e:
         raise MigrateError(f"{source} cannot be loaded safely: {e}") from None
-    return save(model, base_path, version=version,
+    return save(model, base_path, version=version, warmup=warmup,
                 metadata={"description": f"migrated from {os.path.basename(source)}", **(metadata or {})})
 
 
@@ -86,15 +87,28 @@ def keras_files_without_saved_model(base_path: str) -> list[str]:
     return found
 
 
+def _json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict):
+        raise MigrateError(f"{path}: expected a JSON object")
+    return doc
+
+
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="tfprod migrate", description=__doc__)
     p.add_argument("source", help="a .h5 or .keras model file")
     p.add_argument("base_path", help="the model's base path; the version goes to BASE_PATH/<version>")
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
+    p.add_argument("--metadata", help="a JSON file of audit metadata (owner, approval_id, metrics, ...)")
+    p.add_argument("--warmup", action="append", default=[],
+                   help="a predict request in TF Serving's JSON form, replayed as warmup (repeatable)")
     args = p.parse_args(argv)
     try:
-        path = migrate(args.source, args.base_path, args.version)
-    except (MigrateError, OSError) as e:
+        metadata = _json(args.metadata) if args.metadata else None
+        warmup = [_json(f) for f in args.warmup]
+        path = migrate(args.source, args.base_path, args.version, metadata, warmup)
+    except (MigrateError, OSError, ValueError) as e:
         print(f"tfprod migrate: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {path}; serve it with: tfprod serve --model_base_path={os.path.abspath(args.base_path)}")
