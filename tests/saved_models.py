@@ -8,22 +8,9 @@ import uuid
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 
+from tfprod.export import set_method_names
 from tfprod.signature import CLASSIFY_METHOD, REGRESS_METHOD
-
-
-def _set_method_names(path: str, methods: dict[str, str]) -> None:
-    """tf.saved_model.save marks every signature 'predict'; classify/regress ones say otherwise."""
-    pb = os.path.join(path, "saved_model.pb")
-    saved = saved_model_pb2.SavedModel()
-    with open(pb, "rb") as f:
-        saved.ParseFromString(f.read())
-    for meta_graph in saved.meta_graphs:
-        for name, method in methods.items():
-            meta_graph.signature_def[name].method_name = method
-    with open(pb, "wb") as f:
-        f.write(saved.SerializeToString())
 
 
 class HalfPlusTwo(tf.Module):
@@ -63,7 +50,7 @@ def half_plus_two(path: str, a: float = 0.5, b: float = 2.0) -> HalfPlusTwo:
         "regress_x_to_y": module.regress,
         "regress_x2_to_y": module.regress_x2,
     })
-    _set_method_names(path, {"classify_x_to_y": CLASSIFY_METHOD, "regress_x_to_y": REGRESS_METHOD,
+    set_method_names(path, {"classify_x_to_y": CLASSIFY_METHOD, "regress_x_to_y": REGRESS_METHOD,
                              "regress_x2_to_y": REGRESS_METHOD})
     return module
 

@@ -149,7 +149,7 @@ def save(model: Any, base_path: str, *, version: int | None = None,
             tf.saved_model.save(model, target, signatures={
                 name: tf.function(fn).get_concrete_function(*spec) for name, (fn, spec) in endpoints.items()})
         if methods:
-            _set_method_names(target, methods)
+            set_method_names(target, methods)
         if warmup:
             _write_warmup(target, warmup)
         os.makedirs(os.path.join(target, "assets.extra"), exist_ok=True)
@@ -192,7 +192,7 @@ def _write_warmup(path: str, docs: Sequence[Mapping[str, Any]]) -> None:
     warmup.write(path, requests)
 
 
-def _set_method_names(path: str, methods: Mapping[str, str]) -> None:
+def set_method_names(path: str, methods: Mapping[str, str]) -> None:
     """Exports mark every signature 'predict'; TF Serving's classify/regress APIs look for theirs."""
     from tensorflow.core.protobuf import saved_model_pb2
 
