@@ -79,9 +79,7 @@ def _run(servable: object, log: prediction_log_pb2.PredictionLog, index: int, pa
         if kind == "predict_log":
             request = log.predict_log.request
             sig = servable.signature(request.model_spec.signature_name or DEFAULT_SIGNATURE)  # type: ignore[attr-defined]
-            sig.check_input_names(list(request.inputs))
-            inputs = {k: tensor_proto.to_array(v, sig.inputs[k]) for k, v in request.inputs.items()}
-            servable.run(sig, inputs, tuple(request.output_filter))  # type: ignore[attr-defined]
+            servable.run(sig, tensor_proto.to_inputs(request.inputs, sig), tuple(request.output_filter))  # type: ignore[attr-defined]
         elif kind in ("classify_log", "regress_log"):
             request = getattr(log, kind).request
             run = classify_on if kind == "classify_log" else regress_on

@@ -33,7 +33,7 @@ from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
 from tfprod.server_core import ServerCore
 from tfprod.service import ModelSpec, Service
-from tfprod.signature import DEFAULT_SIGNATURE, Signature
+from tfprod.signature import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfprod.grpc")
 
@@ -107,13 +107,6 @@ def model_spec_of(request: Any, *, signature: bool = True) -> ModelSpec:
     )
 
 
-def _predict_decoder(request: predict_pb2.PredictRequest) -> Callable[[Signature], dict[str, Any]]:
-    def decode(sig: Signature) -> dict[str, Any]:
-        sig.check_input_names(list(request.inputs))
-        return {alias: tensor_proto.to_array(proto, sig.inputs[alias]) for alias, proto in request.inputs.items()}
-    return decode
-
-
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, service: Service, run: Runner) -> None:
         self._service = service
@@ -147,7 +140,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         output_filter = tuple(request.output_filter)
         if len(set(output_filter)) != len(output_filter):
             raise invalid(f"duplicate output tensor alias: {_first_repeated(output_filter)}")
-        pred = self._service.predict(spec, _predict_decoder(request), output_filter)
+        pred = self._service.predict(spec, lambda sig: tensor_proto.to_inputs(request.inputs, sig), output_filter)
         response = predict_pb2.PredictResponse(
             model_spec=messages.model_spec(spec.name, pred.version, spec.signature_name))
         for name, arr in pred.outputs.items():

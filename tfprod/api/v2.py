@@ -8,11 +8,8 @@ names another. The model repository extension loads and unloads models of the ru
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
-
-import numpy as np
 
 from tfprod import __version__
 from tfprod.api.grpc_api import Runner
@@ -21,8 +18,8 @@ from tfprod.errors import Code, ServingError, invalid
 from tfprod.protos import grpc_predict_v2_pb2 as pb
 from tfprod.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from tfprod.server_core import ServerCore
-from tfprod.service import ModelSpec, Service
-from tfprod.signature import DEFAULT_SIGNATURE, Signature
+from tfprod.service import ModelSpec, Prediction, Service
+from tfprod.signature import DEFAULT_SIGNATURE
 
 PLATFORM = "tensorflow_savedmodel"  # Triton's name for the platform
 EXTENSIONS = ("binary_tensor_data", "model_repository")
@@ -44,13 +41,6 @@ def refuse_overrides(parameters: Iterable[str]) -> None:
         raise ServingError(Code.UNIMPLEMENTED, "loading with a config override or model files is not supported: "
                            "models come from the model config; change it (--model_config_file or "
                            "HandleReloadConfigRequest) instead")
-
-
-@dataclasses.dataclass(frozen=True)
-class Inference:
-    version: int
-    signature: Signature
-    outputs: dict[str, np.ndarray]
 
 
 class V2Models:
@@ -81,14 +71,13 @@ class V2Models:
             "outputs": [v2.tensor_metadata(info) for info in sig.outputs.values()],
         }
 
-    def infer(self, name: str, version: str, request: v2.V2Request) -> Inference:
+    def infer(self, name: str, version: str, request: v2.V2Request) -> Prediction:
         signature_name = request.parameters.get("signature_name", DEFAULT_SIGNATURE)
         if not isinstance(signature_name, str):
             raise invalid("parameter 'signature_name' must be a string")
         spec = ModelSpec(name, parse_version(version), signature_name=signature_name)
-        pred = self._service.predict(spec, lambda sig: v2.to_inputs(request, sig),
+        return self._service.predict(spec, lambda sig: v2.to_inputs(request, sig),
                                      lambda sig: tuple(v2.requested_outputs(request, sig)))
-        return Inference(pred.version, pred.signature, pred.outputs)
 
     def index(self, ready_only: bool) -> list[dict[str, str]]:
         return [{"name": name, "state": state, "reason": reason} for name, state, reason in self._core.index()

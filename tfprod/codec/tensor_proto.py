@@ -9,12 +9,14 @@ naming the input.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from tfprod.errors import invalid
-from tfprod.signature import TensorInfo
+from tfprod.signature import Signature, TensorInfo
 
 MAX_FILLED_ELEMENTS = 1 << 24
 
@@ -54,6 +56,12 @@ def to_array(proto: tensor_pb2.TensorProto, info: TensorInfo) -> np.ndarray:
         return np.asarray(tf.make_ndarray(proto))
     except (TypeError, ValueError) as e:
         raise invalid(f"input '{info.name}' is not a valid TensorProto: {e}") from None
+
+
+def to_inputs(protos: Mapping[str, tensor_pb2.TensorProto], sig: Signature) -> dict[str, np.ndarray]:
+    """A request's named TensorProtos (PredictRequest.inputs) -> arrays, after TF Serving's name checks."""
+    sig.check_input_names(list(protos))
+    return {alias: to_array(proto, sig.inputs[alias]) for alias, proto in protos.items()}
 
 
 def to_proto(arr: np.ndarray) -> tensor_pb2.TensorProto:
