@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,17 +29,18 @@ def free_port() -> int:
 class ServerProcess:
     """A `tfprod serve` subprocess. Its output goes to a log file the tests can read."""
 
-    def __init__(self, args: Sequence[str], log_path: str) -> None:
+    def __init__(self, args: Sequence[str], log_path: str, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: the client side of a server whose REST port speaks TLS (CA, client certificate)."""
         self.port = free_port()
         self.grpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
         cmd = [sys.executable, "-m", "tfprod", "serve", "--host=127.0.0.1", f"--rest_api_port={self.port}",
                f"--port={self.grpc_port}", *args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.client = httpx.Client(base_url=self.url, timeout=30, verify=tls or True)
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
@@ -92,8 +94,8 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:  # type:
     servers: list[ServerProcess] = []
     logs = tmp_path_factory.mktemp("logs")
 
-    def start(args: Sequence[str], wait: bool = True) -> ServerProcess:
-        server = ServerProcess(args, str(logs / f"server-{len(servers)}.log"))
+    def start(args: Sequence[str], wait: bool = True, tls: ssl.SSLContext | None = None) -> ServerProcess:
+        server = ServerProcess(args, str(logs / f"server-{len(servers)}.log"), tls)
         servers.append(server)
         if wait:
             server.wait_ready()

@@ -152,3 +152,27 @@ def publish(src: str, base_path: str, version: int) -> str:
     dest = os.path.join(base_path, str(version))
     os.rename(tmp, dest)
     return dest
+
+
+class VocabLookup(tf.Module):
+    """Words -> ids through a table initialized from a vocabulary file: its init op reads a file."""
+
+    def __init__(self, vocab_path: str) -> None:
+        super().__init__()
+        init = tf.lookup.TextFileInitializer(vocab_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                                             tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
+        self.table = tf.lookup.StaticHashTable(init, default_value=-1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="words")])
+    def predict(self, words: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"ids": self.table.lookup(words)}
+
+
+def vocab_lookup(path: str, words: list[str]) -> VocabLookup:
+    vocab = os.path.join(os.path.dirname(path) or ".", f"vocab-{uuid.uuid4().hex}.txt")
+    with open(vocab, "w") as f:
+        f.write("\n".join(words) + "\n")
+    module = VocabLookup(vocab)
+    tf.saved_model.save(module, path, signatures={"serving_default": module.predict})
+    os.remove(vocab)  # the SavedModel carries its own copy under assets/
+    return module

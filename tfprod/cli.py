@@ -101,6 +101,12 @@ def serve_parser() -> argparse.ArgumentParser:
     _add_bool(batching, "enable_per_model_batching_parameters", False,
               "read batching_params.pbtxt from each version directory when it has one")
 
+    security = p.add_argument_group("security")
+    security.add_argument("--security_config_file", default="",
+                          help="TOML file turning on authentication (API keys, JWT), per-model scopes, rate "
+                               "limits, request bounds, signed models, the graph scan and TLS on both ports "
+                               "(tfprod; docs/security.md). Re-read when it changes, except [tls]")
+
     observe = p.add_argument_group("monitoring")
     observe.add_argument("--monitoring_config_file", default="",
                          help="MonitoringConfig text proto; prometheus_config { enable: true } "
@@ -131,6 +137,7 @@ def _serve(argv: Sequence[str]) -> int:
         read_monitoring_config,
         read_ssl_config,
     )
+    from tfprod.security.config import SecurityConfig, read_security_config
     from tfprod.server import ServerOptions, run
 
     try:
@@ -140,6 +147,7 @@ def _serve(argv: Sequence[str]) -> int:
             models = [ModelConfig(args.model_name, os.path.abspath(args.model_base_path))]
         metrics_path = read_monitoring_config(args.monitoring_config_file) if args.monitoring_config_file else None
         ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
+        security = read_security_config(args.security_config_file) if args.security_config_file else None
         channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
         batching = None
         if args.enable_batching:
@@ -191,6 +199,7 @@ def _serve(argv: Sequence[str]) -> int:
                 channel_arguments=channel_arguments,
                 ssl=ssl,
             ),
+            security=security or SecurityConfig(),
         ))
     except OSError as e:
         return _fail(str(e))
@@ -229,18 +238,29 @@ def _warmup(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"serve": _serve, "demo": _demo, "inspect": _inspect, "migrate": _migrate, "warmup": _warmup}
+def _security_tool(argv: Sequence[str], command: str) -> int:
+    from tfprod.security.tools import main
+
+    return main(command, argv)
+
+
+COMMANDS = {"serve": _serve, "demo": _demo, "inspect": _inspect, "migrate": _migrate, "warmup": _warmup,
+            "sign": lambda a: _security_tool(a, "sign"), "verify": lambda a: _security_tool(a, "verify"),
+            "apikey": lambda a: _security_tool(a, "apikey")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: tfprod {serve,demo,inspect,migrate,warmup} [flags]\n\n"
+        print("usage: tfprod {serve,demo,inspect,migrate,warmup,sign,verify,apikey} [flags]\n\n"
               "  serve   serve SavedModels with TF Serving's flags, REST API and config files\n"
               "  demo    train a digits classifier, export it under ./models/digits and serve it\n"
               "  inspect show a SavedModel's signatures, audit metadata and files (--json for machines)\n"
               "  migrate turn a .h5/.keras file into a SavedModel version (Keras safe mode)\n"
-              "  warmup  write a version's warmup requests (TF Serving's format) from JSON requests\n\n"
+              "  warmup  write a version's warmup requests (TF Serving's format) from JSON requests\n"
+              "  sign    sign a version directory (OpenSSF model-signing format, EC key)\n"
+              "  verify  check a version directory's signature against public keys\n"
+              "  apikey  make an API key and print its hashed entry for the security config\n\n"
               "Run `tfprod COMMAND --help` for a command's flags.", file=sys.stderr if argv else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\ntfprod: unknown command {argv[0]!r}", file=sys.stderr)

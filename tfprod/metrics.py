@@ -29,6 +29,7 @@ REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 WARMUP_LATENCY = ":tensorflow:serving:model_warmup_latency"
 LOAD_ATTEMPTS = ":tensorflow:cc:saved_model:load_attempt_count"
 VERSION_STATE = ":tfprod:serving:model_version_state"
+REFUSALS = ":tfprod:security:refusal_count"
 
 
 BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(14))
@@ -75,6 +76,7 @@ class ServingMetrics(Collector):
         self._batching: dict[tuple[str, str], _Histogram] = {}
         self._warmup: dict[str, _Histogram] = defaultdict(_Histogram)
         self._wrapped_runs: dict[str, int] = defaultdict(int)
+        self._refusals: dict[tuple[str, str], int] = defaultdict(int)
 
     def record_request(self, model: str, status: str, api: str, entrypoint: str, seconds: float) -> None:
         with self._lock:
@@ -89,6 +91,11 @@ class ServingMetrics(Collector):
                 self._loads[(sid.name, "success")] += 1
             elif state is State.END and error is not None:
                 self._loads[(sid.name, "fail")] += 1
+
+    def record_refusal(self, model: str, reason: str) -> None:
+        """A request or a model version turned away by a security rule."""
+        with self._lock:
+            self._refusals[(model, reason)] += 1
 
     def record_warmup(self, model: str, seconds: float) -> None:
         with self._lock:
@@ -115,6 +122,7 @@ class ServingMetrics(Collector):
             warmup = {k: copy.deepcopy(h) for k, h in self._warmup.items()}
             loads = dict(self._loads)
             states = dict(self._states)
+            refusals = dict(self._refusals)
         count = Metric(REQUEST_COUNT, "The total number of requests.", "unknown")
         for (model, status), n in requests.items():
             count.add_sample(REQUEST_COUNT, {"model_name": model, "status": status}, n)
@@ -148,6 +156,12 @@ class ServingMetrics(Collector):
         for (model, version), value in states.items():
             state.add_sample(VERSION_STATE, {"model_name": model, "version": version}, value)
         yield state
+        refused = Metric(REFUSALS, "Requests and model versions refused by a security rule (reason: "
+                         "unauthenticated, permission_denied, rate_limited, concurrency_limit, signature, "
+                         "graph_scan).", "unknown")
+        for (model, reason), n in refusals.items():
+            refused.add_sample(REFUSALS, {"model_name": model, "reason": reason}, n)
+        yield refused
 
 
 def _bound(value: float) -> str:

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import logging
 import signal
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,15 +27,18 @@ from tfprod.api.grpc_server import GrpcOptions, GrpcServer
 from tfprod.api.rest import RestApi, RestOptions
 from tfprod.api.v2 import V2Models, V2Servicer
 from tfprod.batching import BatchingOptions
-from tfprod.config.model_config import ModelConfig
+from tfprod.config.model_config import ModelConfig, SslOptions
 from tfprod.core.manager import Manager, ManagerOptions, ServableId
 from tfprod.core.source import FileSystemSource, SourceOptions
 from tfprod.errors import Code, ServingError
 from tfprod.metrics import ServingMetrics
 from tfprod.protos import grpc_predict_v2_pb2_grpc
+from tfprod.security.admission import ModelRefused, check_version
+from tfprod.security.config import SecurityConfig, TlsOptions
+from tfprod.security.guard import Guard
 from tfprod.servables import saved_model
 from tfprod.server_core import ServerCore
-from tfprod.service import Service
+from tfprod.service import InputBounds, Service
 
 log = logging.getLogger("tfprod.server")
 
@@ -59,6 +63,7 @@ class ServerOptions:
     num_request_iterations_for_warmup: int = 1
     rest: RestOptions = RestOptions()
     grpc: GrpcOptions = GrpcOptions()
+    security: SecurityConfig = SecurityConfig()
     grace_s: float = 30.0  # how long a stop waits for gRPC calls in flight
 
 
@@ -81,8 +86,13 @@ async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcS
     if grpc_server is not None:
         await grpc_server.start()
     if app is not None:
+        tls = options.security.tls
         config = uvicorn.Config(app, host=options.host, port=options.rest_api_port, log_config=None,
-                                access_log=False, lifespan="on", timeout_keep_alive=30)
+                                access_log=False, lifespan="on", timeout_keep_alive=30,
+                                ssl_certfile=tls.cert_file if tls else None, ssl_keyfile=tls.key_file if tls else None,
+                                ssl_ca_certs=tls.client_ca_file or None if tls else None,
+                                ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.require_client_cert else
+                                ssl.CERT_OPTIONAL if tls and tls.client_ca_file else ssl.CERT_NONE)
         rest = _Uvicorn(config)
         waits.append(asyncio.create_task(rest.serve()))
     done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -94,14 +104,57 @@ async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcS
     await asyncio.gather(*waits[1:], grpc_server.stop(options.grace_s) if grpc_server else asyncio.sleep(0))
 
 
+def _secured(options: ServerOptions) -> ServerOptions:
+    """Fold the security config's limits and TLS into the front ends' options."""
+    security = options.security
+    limits, rest, grpc_options = security.limits, options.rest, options.grpc
+    if limits.max_body_bytes is not None:
+        rest = dataclasses.replace(rest, max_body_bytes=min(rest.max_body_bytes, limits.max_body_bytes))
+        args = dict(grpc_options.channel_arguments)
+        args.setdefault("grpc.max_receive_message_length", limits.max_body_bytes)
+        grpc_options = dataclasses.replace(grpc_options, channel_arguments=tuple(args.items()))
+    if limits.request_timeout_s is not None:
+        rest = dataclasses.replace(rest, timeout_s=min(rest.timeout_s, limits.request_timeout_s))
+    if security.tls is not None and grpc_options.ssl is None:  # --ssl_config_file, if given, wins on gRPC
+        grpc_options = dataclasses.replace(grpc_options, ssl=ssl_options(security.tls))
+    return dataclasses.replace(options, rest=rest, grpc=grpc_options)
+
+
+def ssl_options(tls: TlsOptions) -> SslOptions:
+    def read(path: str) -> str:
+        with open(path) as f:
+            return f.read()
+    return SslOptions(read(tls.key_file), read(tls.cert_file), read(tls.client_ca_file) if tls.client_ca_file else "",
+                      tls.require_client_cert)
+
+
+def _warn_if_open(options: ServerOptions) -> None:
+    if options.security.auth:
+        return
+    hosts = [options.host] if options.rest_api_port or options.grpc.port else []
+    exposed = [h for h in hosts if h not in ("127.0.0.1", "::1", "localhost")]
+    if exposed:
+        log.warning("authentication is off and the server listens on %s: anyone who can reach it may call "
+                    "every model and reload the config. Turn it on with --security_config_file "
+                    "(docs/security.md), or listen on --host=127.0.0.1", exposed[0])
+
+
 def run(options: ServerOptions) -> None:
+    options = _secured(options)
+    _warn_if_open(options)
     registry = CollectorRegistry(auto_describe=True)
     metrics = ServingMetrics()
     registry.register(metrics)
+    guard = Guard(options.security, metrics)
     load = functools.partial(saved_model.load, tags=options.saved_model_tags, batching=options.batching,
                              per_model_batching=options.per_model_batching, batch_stats=metrics)
 
     def load_and_warm(sid: ServableId, path: str) -> saved_model.SavedModelServable:
+        try:
+            check_version(guard.config.models, sid.name, sid.version, path, options.saved_model_tags)
+        except ModelRefused as e:
+            metrics.record_refusal(sid.name, e.reason)
+            raise
         servable = load(sid, path)
         missing = [f for f in options.required_metadata_fields if not (servable.audit or {}).get(f)]
         if missing:
@@ -130,13 +183,15 @@ def run(options: ServerOptions) -> None:
     source = FileSystemSource(manager.set_aspired_versions, saved_model.is_complete,
                               SourceOptions(poll_wait_s=options.file_system_poll_wait_seconds))
     core = ServerCore(manager, source, options.allow_version_labels_for_unavailable_models)
-    service = Service(manager, options.enable_signature_method_name_check)
+    limits = options.security.limits
+    service = Service(manager, options.enable_signature_method_name_check,
+                      InputBounds(limits.max_tensor_elements, limits.max_batch_rows))
     v2models = V2Models(service, core)
-    app = RestApi(service, core, v2models, metrics, registry, options.rest) if options.rest_api_port else None
+    app = RestApi(service, core, v2models, metrics, registry, options.rest, guard) if options.rest_api_port else None
     grpc_pool = concurrent.futures.ThreadPoolExecutor(options.grpc.max_threads, thread_name_prefix="tfprod-grpc")
     grpc_server = None
     if options.grpc.port or options.grpc.socket_path:
-        run_rpc = grpc_api.Runner(grpc_pool, metrics)
+        run_rpc = grpc_api.Runner(grpc_pool, metrics, guard, limits.request_timeout_s)
         prediction = grpc_api.PredictionServicer(service, run_rpc)
         model = grpc_api.ModelServicer(service, core, run_rpc)
         inference = V2Servicer(v2models, run_rpc, load_timeout_s=options.rest.timeout_s)
@@ -149,6 +204,7 @@ def run(options: ServerOptions) -> None:
              lambda s: grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, s)),
         ], ready=lambda: not core.not_ready())
 
+    guard.watch()
     manager.start()
     core.apply(options.models)
     source.start()
@@ -159,6 +215,7 @@ def run(options: ServerOptions) -> None:
             runner.run(_serve(options, app, grpc_server))
     finally:
         log.info("shutting down: unloading models")
+        guard.stop()
         core.stop()
         source.stop()
         if app is not None:

@@ -38,24 +38,60 @@ class Prediction:
     outputs: dict[str, np.ndarray]
 
 
+@dataclasses.dataclass(frozen=True)
+class InputBounds:
+    """The security config's [limits] on one request's tensors (None: unbounded)."""
+
+    max_tensor_elements: int | None = None
+    max_batch_rows: int | None = None
+
+    def check(self, name: str, arr: np.ndarray) -> None:
+        if self.max_tensor_elements is not None and arr.size > self.max_tensor_elements:
+            raise invalid(f"input '{name}' has {arr.size} elements; this server accepts at most "
+                          f"{self.max_tensor_elements} per tensor (max_tensor_elements)")
+        if self.max_batch_rows is not None and arr.ndim and arr.shape[0] > self.max_batch_rows:
+            raise invalid(f"input '{name}' has {arr.shape[0]} rows; this server accepts at most "
+                          f"{self.max_batch_rows} per request (max_batch_rows)")
+
+
 class Service:
-    def __init__(self, manager: Manager[SavedModelServable], check_method_names: bool = False) -> None:
+    def __init__(self, manager: Manager[SavedModelServable], check_method_names: bool = False,
+                 bounds: InputBounds = InputBounds()) -> None:
         self._manager = manager
         self._check = check_method_names  # --enable_signature_method_name_check
+        self._bounds = bounds
+
+    def _bounded(self, decode: Decode) -> Decode:
+        bounds = self._bounds
+        if bounds.max_tensor_elements is None and bounds.max_batch_rows is None:
+            return decode
+
+        def checked(sig: Signature) -> Mapping[str, np.ndarray]:
+            inputs = decode(sig)
+            for name, arr in inputs.items():
+                bounds.check(name, arr)
+            return inputs
+        return checked
+
+    def _check_examples(self, examples: list[bytes]) -> None:
+        arr = np.empty(len(examples), dtype=object)
+        self._bounds.check("examples", arr)
 
     def predict(self, spec: ModelSpec, decode: Decode, output_filter: OutputFilter = ()) -> Prediction:
         """Run a signature; `output_filter` names the outputs to return (all when empty), or is a
         function of the signature that does."""
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            sig, outputs = _run(servable, spec.signature_name, decode, output_filter)
+            sig, outputs = _run(servable, spec.signature_name, self._bounded(decode), output_filter)
         return Prediction(version, sig, outputs)
 
     def classify(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, Classes]:
         """(version, (classes, scores)) for serialized tf.Examples on a classify signature."""
+        self._check_examples(examples)
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
             return version, _classify(servable, spec.signature_name, examples, self._check)
 
     def regress(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, np.ndarray]:
+        self._check_examples(examples)
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
             return version, _regress(servable, spec.signature_name, examples, self._check)
 
@@ -63,6 +99,7 @@ class Service:
                         examples: list[bytes]) -> tuple[int, list[Classes | np.ndarray]]:
         """Several classify/regress signatures of one model version over the same examples.
         `tasks` are (signature_name, method_name) pairs; results come back in their order."""
+        self._check_examples(examples)
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
             results: list[Classes | np.ndarray] = []
             for signature_name, method in tasks:

@@ -31,6 +31,7 @@ from tfprod.codec import example, messages, tensor_proto
 from tfprod.config.model_config import ConfigError, models_of
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
+from tfprod.security.guard import Guard, RateLimited, client_address
 from tfprod.server_core import ServerCore
 from tfprod.service import ModelSpec, Service
 from tfprod.signature import DEFAULT_SIGNATURE
@@ -63,22 +64,33 @@ class Runner:
     """Runs one RPC's work on the worker pool within its deadline; records metrics; answers
     errors with their gRPC codes. Shared by every gRPC service of the server."""
 
-    def __init__(self, executor: concurrent.futures.Executor, metrics: ServingMetrics) -> None:
+    def __init__(self, executor: concurrent.futures.Executor, metrics: ServingMetrics, guard: Guard,
+                 max_timeout_s: float | None = None) -> None:
         self._executor = executor
         self._metrics = metrics
+        self._guard = guard
+        self._max_timeout_s = max_timeout_s
 
     async def __call__(self, context: grpc.aio.ServicerContext, model: str, api: str, work: Callable[[], T]) -> T:
         started = time.perf_counter()
         status = Code.OK
         try:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, work)
-            try:
-                return await asyncio.wait_for(future, timeout=context.time_remaining())
-            except TimeoutError:
-                raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline exceeded") from None
+            metadata = dict(context.invocation_metadata() or ())
+            self._guard.admit(metadata.get("authorization"), metadata.get("x-api-key"),
+                              client_address(context.peer()), model, api)
+            timeout = context.time_remaining()
+            if self._max_timeout_s is not None and (timeout is None or timeout > self._max_timeout_s):
+                timeout = self._max_timeout_s
+            with self._guard.slot():
+                future = asyncio.get_running_loop().run_in_executor(self._executor, work)
+                try:
+                    return await asyncio.wait_for(future, timeout=timeout)
+                except TimeoutError:
+                    raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline exceeded") from None
         except ServingError as e:
             status = e.code
-            await context.abort(grpc.StatusCode[e.code.name], cut(e.message))
+            trailers = (("retry-after", str(e.retry_after_s)),) if isinstance(e, RateLimited) else ()
+            await context.abort(grpc.StatusCode[e.code.name], cut(e.message), trailing_metadata=trailers)
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client leaves
             remaining = context.time_remaining()  # the client's cancel can arrive just before our clock runs out
             status = Code.DEADLINE_EXCEEDED if remaining is not None and remaining < 0.1 else Code.CANCELLED

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -30,6 +30,7 @@ from tfprod.codec import example, json_tensor, messages, v2
 from tfprod.core.manager import VersionStatus
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
+from tfprod.security.guard import Guard, RateLimited
 from tfprod.server_core import ServerCore
 from tfprod.service import ModelSpec, Service
 from tfprod.signature import DEFAULT_SIGNATURE
@@ -72,7 +73,9 @@ class _TooLarge(Exception):
     pass
 
 
-Route = tuple[str, str, Callable[[], Response]]  # (model, API label, work for a worker thread)
+# (model, API label, work for a worker thread, given the request body). Routing reads only the
+# method, path and headers: callers are checked before a body is read.
+Route = tuple[str, str, Callable[[bytes], Response]]
 
 
 class RestApi:
@@ -86,6 +89,7 @@ class RestApi:
         metrics: ServingMetrics,
         registry: CollectorRegistry,
         options: RestOptions,
+        guard: Guard,
     ) -> None:
         self._service = service
         self._core = core
@@ -93,6 +97,7 @@ class RestApi:
         self._metrics = metrics
         self._registry = registry
         self._options = options
+        self._guard = guard
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=options.num_threads, thread_name_prefix="tfprod-rest"
         )
@@ -134,63 +139,70 @@ class RestApi:
             return Response(status_code=200 if re.match(r"https?://", origin) else 400)
         return await self._answer(request, self._route_v1)
 
-    async def _route_v1(self, request: Request, path: str) -> Route:
+    def _route_v1(self, request: Request, path: str) -> Route:
         method = request.method
         if method == "POST" and (m := _POST.fullmatch(path)):
             spec, api = _spec(m), m.group(4).lower()
-            body = await self._body(request)
-            return spec.name, api.capitalize(), lambda: _json_ok(self._post(api, spec, body))
+            return spec.name, api.capitalize(), lambda body: _json_ok(self._post(api, spec, body))
         if method == "GET" and (m := _GET.fullmatch(path)):
             if m.group(1) is None:
-                return "", "ListModels", lambda: _json_ok(self._list_models())
+                return "", "ListModels", lambda _: _json_ok(self._list_models())
             spec = _spec(m)
             if m.group(4):
-                return spec.name, "GetModelMetadata", lambda: _json_ok(self._metadata(spec))
-            return spec.name, "GetModelStatus", lambda: _json_ok(self._status(spec))
+                return spec.name, "GetModelMetadata", lambda _: _json_ok(self._metadata(spec))
+            return spec.name, "GetModelStatus", lambda _: _json_ok(self._status(spec))
         raise invalid(f"Malformed request: {method} {path}")
 
-    async def _route_v2(self, request: Request, path: str) -> Route:
+    def _route_v2(self, request: Request, path: str) -> Route:
         method, v2models = request.method, self._v2
         if method == "GET" and path in ("/v2", "/v2/"):
-            return "", "ServerMetadata", lambda: _json_ok(json_tensor.dumps(v2models.server_metadata()))
+            return "", "ServerMetadata", lambda _: _json_ok(json_tensor.dumps(v2models.server_metadata()))
         if method == "GET" and path == "/v2/health/live":
-            return "", "ServerLive", lambda: _json_ok(b"{}")
+            return "", "ServerLive", lambda _: _json_ok(b"{}")
         if method == "GET" and path == "/v2/health/ready":
-            return "", "ServerReady", lambda: _ready_response(v2models.server_ready(), "the server")
+            return "", "ServerReady", lambda _: _ready_response(v2models.server_ready(), "the server")
         if m := _V2_MODEL.fullmatch(path):
             name, version, action = unquote(m.group(1)), m.group(2) or "", m.group(3)
             if method == "GET" and action is None:
                 signature_name = request.query_params.get("signature_name", DEFAULT_SIGNATURE)
-                return name, "ModelMetadata", lambda: _json_ok(json_tensor.dumps(
+                return name, "ModelMetadata", lambda _: _json_ok(json_tensor.dumps(
                     v2models.model_metadata(name, version, signature_name)))
             if method == "GET" and action == "ready":
-                return name, "ModelReady", lambda: _ready_response(v2models.model_ready(name, version),
-                                                                   f"model '{name}'")
+                return name, "ModelReady", lambda _: _ready_response(v2models.model_ready(name, version),
+                                                                     f"model '{name}'")
             if method == "POST" and action == "infer":
-                body = await self._body(request)
                 header_length = _header_length(request)
-                return name, "ModelInfer", lambda: self._infer(name, version, body, header_length)
+                return name, "ModelInfer", lambda body: self._infer(name, version, body, header_length)
         if method == "POST" and path == "/v2/repository/index":
-            body = await self._body(request)
-            return "", "RepositoryIndex", lambda: _json_ok(json_tensor.dumps(v2models.index(_ready_only(body))))
+            return "", "RepositoryIndex", lambda body: _json_ok(json_tensor.dumps(
+                v2models.index(_ready_only(body))))
         if method == "POST" and (m := _V2_REPOSITORY.fullmatch(path)):
             name, action = unquote(m.group(1)), m.group(2)
-            parameters = _parameters(await self._body(request))
             if action == "load":
-                refuse_overrides(parameters)
-                return name, "RepositoryModelLoad", lambda: self._load(name)
-            return name, "RepositoryModelUnload", lambda: self._unload(name)
+                return name, "RepositoryModelLoad", lambda body: self._load(name, body)
+            return name, "RepositoryModelUnload", lambda body: self._unload(name, body)
         raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
 
-    async def _answer(self, request: Request, route: Callable[[Request, str], Awaitable[Route]]) -> Response:
-        """Route, run the work on a worker thread within the timeout, map errors, record metrics."""
+    async def _answer(self, request: Request, route: Callable[[Request, str], Route]) -> Response:
+        """Check the caller, route, read the body, run the work on a worker thread within the
+        timeout, map errors, record metrics."""
         raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
         path = raw_path.decode("latin-1").split("?", 1)[0]
         started = time.perf_counter()
         model, api, status = "", "", "OK"
+        guard, headers = self._guard, request.headers
         try:
-            model, api, work = await route(request, path)
-            return await self._run(work)
+            model, api, work = route(request, path)
+            client = request.scope.get("client") or ("", 0)
+            guard.admit(headers.get("authorization"), headers.get("x-api-key"), client[0], model, api)
+            with guard.slot():
+                body = await self._body(request) if request.method == "POST" else b""
+                return await self._run(lambda: work(body))
+        except RateLimited as e:
+            status = e.code.name
+            response = _error_response(e)
+            response.headers["Retry-After"] = str(e.retry_after_s)
+            return response
         except ServingError as e:
             status = e.code.name
             return _error_response(e)
@@ -262,11 +274,13 @@ class RestApi:
         return Response(content, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(json_length)})
 
-    def _load(self, name: str) -> Response:
+    def _load(self, name: str, body: bytes) -> Response:
+        refuse_overrides(_parameters(body))
         self._v2.load(name, self._options.timeout_s)
         return _json_ok(b"{}")
 
-    def _unload(self, name: str) -> Response:
+    def _unload(self, name: str, body: bytes) -> Response:
+        _parameters(body)
         self._v2.unload(name)
         return _json_ok(b"{}")
 

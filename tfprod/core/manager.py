@@ -27,6 +27,10 @@ from tfprod.errors import Code, ServingError
 
 log = logging.getLogger("tfprod.manager")
 
+# A loader's verdict on the files themselves (a policy or security refusal): retrying the same
+# files cannot change it, so the version goes to END at once instead of after every retry.
+_FINAL = (Code.PERMISSION_DENIED, Code.FAILED_PRECONDITION)
+
 
 class Servable(Protocol):
     def unload(self) -> None: ...
@@ -303,6 +307,9 @@ class Manager(Generic[S]):
                 servable = self._load(harness.id, harness.path)
             except ServingError as e:
                 error = e
+                if e.code in _FINAL:
+                    log.error("loading %s version %d refused: %s", harness.id.name, harness.id.version, e.message)
+                    break
             except Exception as e:  # a loader may fail in any way; the server must not
                 error = ServingError(Code.UNKNOWN, f"{type(e).__name__}: {e}")
             else:

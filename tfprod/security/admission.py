@@ -1,0 +1,42 @@
+"""What a model version must pass before it is loaded: a trusted signature and a graph scan.
+
+Both read files only (TensorFlow runs nothing of the model here); a refusal is a
+`ModelRefused` that the manager records as the version's END status, without retries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tfprod.errors import Code, ServingError
+from tfprod.security import graph_scan, signing
+from tfprod.security.config import ModelRules
+from tfprod.servables.saved_model import read_meta_graph
+
+log = logging.getLogger("tfprod.security")
+
+
+class ModelRefused(ServingError):
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(Code.PERMISSION_DENIED, message)
+        self.reason = reason  # the metric's label: "signature" or "graph_scan"
+
+
+def check_version(rules: ModelRules, name: str, version: int, path: str, tags: frozenset[str]) -> None:
+    if rules.require_signature:
+        try:
+            key = signing.verify(path, rules.trusted_keys)
+        except signing.VerificationError as e:
+            raise ModelRefused(f"version {version} of model '{name}' is refused: {e}", "signature") from None
+        log.info("%s version %d: signature verified with %s", name, version, key)
+    if rules.graph_scan == "off":
+        return
+    findings = graph_scan.scan(read_meta_graph(path, tags), rules.allowed_ops(name))
+    if not findings:
+        return
+    text = graph_scan.describe(findings)
+    if rules.graph_scan == "enforce":
+        raise ModelRefused(f"version {version} of model '{name}' is refused: its graph uses {text}. If the model "
+                           f"needs them, allow them in the security config: [models.allow_ops] "
+                           f"{name} = [{', '.join(sorted({repr(f.op) for f in findings}))}]", "graph_scan")
+    log.warning("%s version %d: its graph uses %s (graph_scan = 'warn': loading it anyway)", name, version, text)
