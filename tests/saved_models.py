@@ -169,6 +169,7 @@ class VocabLookup(tf.Module):
 
 
 def vocab_lookup(path: str, words: list[str]) -> VocabLookup:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     vocab = os.path.join(os.path.dirname(path) or ".", f"vocab-{uuid.uuid4().hex}.txt")
     with open(vocab, "w") as f:
         f.write("\n".join(words) + "\n")

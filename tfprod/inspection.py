@@ -1,10 +1,11 @@
-"""`tfprod inspect DIR`: what `saved_model_cli show --all` tells, plus the audit metadata and the
+"""`tfprod inspect DIR`: what `saved_model_cli show --all` tells, plus the audit metadata, the graph scan and the
 files, for people (rich tables) or machines (`--json`). DIR is a version directory, or a model's
 base path (its newest version is shown)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,6 +15,8 @@ from typing import Any
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tfprod.export import read_metadata
+from tfprod.security import graph_scan
+from tfprod.security.signing import SIGNATURE_FILE
 from tfprod.signature import DTYPES
 
 
@@ -47,6 +50,8 @@ def describe(path: str) -> dict[str, Any]:
                        "inputs": {k: _tensor(v) for k, v in sorted(sig.inputs.items())},
                        "outputs": {k: _tensor(v) for k, v in sorted(sig.outputs.items())}}
                 for name, sig in sorted(mg.signature_def.items()) if not name.startswith("__")},
+            # what the server's graph scan would say (docs/security.md): ops outside the allowlist
+            "graph_scan": [dataclasses.asdict(f) for f in graph_scan.scan(mg)],
         })
     files = []
     for root, _, names in os.walk(version_dir):
@@ -54,6 +59,7 @@ def describe(path: str) -> dict[str, Any]:
             full = os.path.join(root, name)
             files.append({"path": os.path.relpath(full, version_dir), "bytes": os.path.getsize(full)})
     return {"path": os.path.abspath(version_dir), "meta_graphs": meta_graphs, "audit": read_metadata(version_dir),
+            "signed": os.path.isfile(os.path.join(version_dir, SIGNATURE_FILE)),
             "files": sorted(files, key=lambda f: f["path"])}
 
 
@@ -73,6 +79,17 @@ def _show(doc: dict[str, Any]) -> None:
                     shape = "unknown rank" if t["shape"] is None else str(t["shape"])
                     table.add_row(kind[:-1], tname, t["dtype"], shape)
             console.print(table)
+        if mg["graph_scan"]:
+            table = Table(title=f"graph scan, tags {mg['tags']}: ops outside the allowlist", title_justify="left")
+            for col in ("op", "reachable from", "why"):
+                table.add_column(col)
+            for f in mg["graph_scan"]:
+                table.add_row(f["op"], f["root"], f["reason"])
+            console.print(table)
+        else:
+            console.print(f"graph scan, tags {mg['tags']}: [green]clean[/green] (every reachable op is allowed)")
+    console.print("signature: " + (f"{SIGNATURE_FILE} present (check it with `tfprod verify`)" if doc["signed"]
+                                   else "[yellow]unsigned[/yellow] (`tfprod sign` signs it)"))
     if doc["audit"] is None:
         console.print("audit metadata: [yellow]none[/yellow] (not exported with tfprod.export)")
     else:

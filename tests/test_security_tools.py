@@ -1,0 +1,155 @@
+"""`tfprod sign/verify/apikey`, interoperability with OpenSSF's own `model_signing` CLI, the
+graph scan in `tfprod inspect`, and the security config's checks (a mistake fails loudly)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import saved_models
+from cryptography.hazmat.primitives import serialization
+from pki import new_key, pem_key
+
+from tfprod.config.model_config import ConfigError
+from tfprod.security.config import Scope, parse_security_config
+from tfprod.security.guard import Caller, Guard
+
+TFPROD = [sys.executable, "-m", "tfprod"]
+MODEL_SIGNING = [sys.executable, "-m", "model_signing"]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("keys")
+    out = {}
+    for name in ("ours", "theirs"):
+        key = new_key()
+        (root / f"{name}.key").write_bytes(pem_key(key))
+        (root / f"{name}.pub").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        out[name], out[f"{name}.pub"] = str(root / f"{name}.key"), str(root / f"{name}.pub")
+    return out
+
+
+def test_signatures_interoperate_with_model_signing_cli(model_dir: str, keys: dict[str, str], tmp_path: Any) -> None:
+    ours, theirs = str(tmp_path / "ours"), str(tmp_path / "theirs")
+    shutil.copytree(os.path.join(model_dir, "half_plus_two", "1"), ours)
+    shutil.copytree(os.path.join(model_dir, "half_plus_two", "1"), theirs)
+    signed = run([*TFPROD, "sign", ours, "--private_key", keys["ours"]])
+    assert signed.returncode == 0 and "model.sig" in signed.stdout, signed.stderr
+    check = run([*MODEL_SIGNING, "verify", "key", ours, "--signature", os.path.join(ours, "model.sig"),
+                 "--public_key", keys["ours.pub"]])
+    assert check.returncode == 0, check.stdout + check.stderr  # OpenSSF's tool accepts our signature
+    made = run([*MODEL_SIGNING, "sign", "key", theirs, "--private_key", keys["theirs"], "--signature",
+                os.path.join(theirs, "model.sig")])
+    assert made.returncode == 0, made.stderr
+    verified = run([*TFPROD, "verify", theirs, "--public_key", keys["ours.pub"], "--public_key", keys["theirs.pub"]])
+    assert verified.returncode == 0 and "theirs.pub" in verified.stdout, verified.stderr  # and we accept theirs
+    wrong = run([*TFPROD, "verify", theirs, "--public_key", keys["ours.pub"]])
+    assert wrong.returncode == 1 and "NOT verified" in wrong.stderr and "trusted key" in wrong.stderr
+    with open(os.path.join(theirs, "saved_model.pb"), "ab") as f:
+        f.write(b"\0")
+    tampered = run([*TFPROD, "verify", theirs, "--public_key", keys["theirs.pub"]])
+    assert tampered.returncode == 1 and "changed saved_model.pb" in tampered.stderr
+    assert "Traceback" not in tampered.stderr + wrong.stderr
+
+
+def test_apikey_prints_a_key_and_a_config_entry_that_works() -> None:
+    out = run([*TFPROD, "apikey", "batch-scorer", "--scope", "predict:digits"])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    key = next(line for line in lines if line.startswith("tfp_"))
+    entry = "\n".join(lines[lines.index("[[auth.api_keys]]"):])
+    import tomllib
+    config = parse_security_config({"auth": tomllib.loads(entry.replace("[[auth.api_keys]]", "[[api_keys]]"))}, ".")
+    assert config.api_keys[0].sha256 == hashlib.sha256(key.encode()).digest()
+    caller = Guard(config, _NoStats()).authenticate(None, key, "127.0.0.1")
+    assert caller == Caller("key:batch-scorer", (Scope("predict", "digits"),))
+
+
+class _NoStats:
+    def record_refusal(self, model: str, reason: str) -> None:
+        pass
+
+
+def test_inspect_shows_the_graph_scan(tmp_path: Any) -> None:
+    saved_models.vocab_lookup(str(tmp_path / "vocab" / "1"), ["a", "b"])
+    out = run([*TFPROD, "inspect", str(tmp_path / "vocab"), "--json"])
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["signed"] is False
+    findings = doc["meta_graphs"][0]["graph_scan"]
+    assert {"op": "InitializeTableFromTextFileV2", "root": "init op", "reason": "reads or writes files"} in findings
+    table = run([*TFPROD, "inspect", str(tmp_path / "vocab")])
+    assert "InitializeTableFromTextFileV2" in table.stdout and "unsigned" in table.stdout
+
+
+CONFIG_ERRORS = {
+    "unknown key": ({"limits": {"max_body_byte": 10}}, "unknown setting(s) max_body_byte"),
+    "alg none": ({"auth": {"jwt": {"algorithms": ["none"], "secret_env": "X"}}}, "none"),
+    "HS with public keys": ({"auth": {"jwt": {"algorithms": ["HS256"], "public_key_file": "k.pem"}}}, "HS256"),
+    "RS with a secret": ({"auth": {"jwt": {"algorithms": ["RS256"], "secret_file": "s"}}}, "RS256"),
+    "two key sources": ({"auth": {"jwt": {"algorithms": ["RS256"], "public_key_file": "a", "jwks_file": "b"}}},
+                        "exactly one"),
+    "short secret": ({"auth": {"jwt": {"algorithms": ["HS256"], "secret_env": "TFPROD_TEST_SHORT"}}}, "32 bytes"),
+    "nobody can call": ({"auth": {}}, "nobody could call"),
+    "bad hash": ({"auth": {"api_keys": [{"name": "a", "sha256": "abc"}]}}, "64 hex digits"),
+    "bad scope": ({"auth": {"api_keys": [{"name": "a", "sha256": "0" * 64, "scopes": ["write:x"]}]}},
+                  "predict:digits"),
+    "wrong type": ({"limits": {"max_concurrent_requests": "10"}}, "must be a int"),
+    "bool as number": ({"limits": {"max_batch_rows": True}}, "must be a int"),
+    "negative": ({"limits": {"max_batch_rows": -1}}, "positive"),
+    "zero rate": ({"limits": {"rate": [{"per_second": 0}]}}, "per_second"),
+    "signature without keys": ({"models": {"require_signature": True}}, "trusted_keys"),
+    "graph scan mode": ({"models": {"graph_scan": "maybe"}}, "enforce"),
+    "mTLS without CA": ({"tls": {"cert_file": "c", "key_file": "k", "require_client_cert": True}}, "client_ca_file"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_ERRORS)
+def test_config_mistakes_are_errors(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TFPROD_TEST_SHORT", "short")
+    doc, words = CONFIG_ERRORS[case]
+    with pytest.raises(ConfigError) as info:
+        parse_security_config(doc, "/nonexistent")
+    assert words in str(info.value)
+
+
+def test_scopes() -> None:
+    assert Scope.parse("predict:fraud-*").allows("predict", "fraud-eu")
+    assert Scope.parse("predict:fraud-*").allows("read", "fraud-eu")  # predict covers read
+    assert not Scope.parse("predict:fraud-*").allows("predict", "digits")
+    assert not Scope.parse("read:*").allows("predict", "digits")
+    assert not Scope.parse("predict:digits").allows("read", "")  # server-wide needs every model
+    assert Scope.parse("admin").allows("predict", "anything") and Scope.parse("admin").allows("admin", "")
+
+
+def test_serve_refuses_a_bad_security_config(tmp_path: Any) -> None:
+    config = tmp_path / "security.toml"
+    (tmp_path / "security.toml").write_text('[auth.jwt]\nalgorithms = ["none"]\nsecret_env = "X"\n')
+    out = run([*TFPROD, "serve", "--model_base_path", str(tmp_path), f"--security_config_file={config}"])
+    assert out.returncode == 1 and "algorithm(s) none" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "security.toml").write_text("[auth\n")
+    out = run([*TFPROD, "serve", "--model_base_path", str(tmp_path), f"--security_config_file={config}"])
+    assert out.returncode == 1 and "not valid TOML" in out.stderr
+
+
+def test_serving_beyond_loopback_without_auth_warns(caplog: pytest.LogCaptureFixture) -> None:
+    from tfprod.server import ServerOptions, _warn_if_open
+
+    with caplog.at_level(logging.WARNING, "tfprod.server"):
+        _warn_if_open(ServerOptions(models=(), host="127.0.0.1"))
+        assert not caplog.records
+        _warn_if_open(ServerOptions(models=(), host="0.0.0.0"))
+    assert "authentication is off" in caplog.text and "--security_config_file" in caplog.text
