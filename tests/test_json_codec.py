@@ -183,3 +183,13 @@ def test_format_classify_and_regress() -> None:
     assert json.loads(body) == {"results": [[["a", 0.25], ["b", 0.75]]]}
     assert json.loads(example.format_classify(None, np.array([[0.5]], np.float32), 1)) == {"results": [[["", 0.5]]]}
     assert json.loads(example.format_regress(np.array([[1.5], [2.5]], np.float32))) == {"results": [1.5, 2.5]}
+
+
+@pytest.mark.parametrize(("body", "depth"), [
+    (b"", 0), (b"1.5", 0), (b"[]", 1), (b'{"a": [[1, 2], [3]]}', 3),
+    (b'{"s": "[[[[", "t": "}}}"}', 1),  # brackets inside strings do not count
+    (rb'{"s": "a\"[[[\\", "x": [[1]]}', 3),  # escaped quotes and backslashes end strings correctly
+    (b"[" * 10_000 + b"]" * 10_000, 10_000),
+])
+def test_nesting_depth(body: bytes, depth: int) -> None:
+    assert json_tensor.nesting_depth(body) == depth

@@ -137,7 +137,7 @@ def guarded(model_dir: str, start_server: Any, pki: dict[str, bytes], jwt_keys: 
         + f'[auth.jwt]\nalgorithms = ["RS256", "ES256"]\njwks_file = "jwks.json"\naudience = "{AUDIENCE}"\n'
         f'issuer = "{ISSUER}"\n\n'
         "[limits]\nmax_concurrent_requests = 4\nmax_body_bytes = 1048576\nmax_tensor_elements = 100000\n"
-        "max_batch_rows = 512\nrequest_timeout_s = 3\n"
+        "max_batch_rows = 512\nmax_json_depth = 8\nrequest_timeout_s = 3\n"
         '[[limits.rate]]\ncaller = "key:limited"\nmodel = "*"\nper_second = 0.5\nburst = 5\n\n'
         '[models]\nrequire_signature = true\ntrusted_keys = ["release.pub"]\ngraph_scan = "enforce"\n'
         '[models.allow_ops]\nvocab = ["InitializeTableFromTextFileV2"]\n\n'
@@ -441,7 +441,13 @@ def test_oversize_grpc_message_is_refused(guarded_channel: grpc.Channel, model_d
 def test_ten_thousand_deep_nesting_is_400(guarded: ServerProcess, model_dir: str) -> None:
     body = b'{"instances": ' + b"[" * 10_000 + b"1.0" + b"]" * 10_000 + b"}"
     r = guarded.client.post("/v1/models/half_plus_two:predict", content=body, headers=key("scorer"))
-    assert r.status_code == 400, r.text
+    refused(r, 400, "10001", "max_json_depth")
+    nine = b'{"instances": ' + b"[" * 8 + b"1.0" + b"]" * 8 + b"}"  # depth 9: over the limit of 8
+    refused(guarded.client.post("/v2/models/half_plus_two/infer", content=nine, headers=key("scorer")), 400,
+            "depth 9")
+    brackets_in_strings = json.dumps({"instances": XS, "signature_name": "serving_default", "x": "[[[[[[[[[["})
+    r = guarded.client.post("/v1/models/half_plus_two:predict", content=brackets_in_strings, headers=key("scorer"))
+    assert r.status_code == 200, r.text
     assert_still_serving(guarded, model_dir)
 
 

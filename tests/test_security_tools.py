@@ -153,3 +153,33 @@ def test_serving_beyond_loopback_without_auth_warns(caplog: pytest.LogCaptureFix
         assert not caplog.records
         _warn_if_open(ServerOptions(models=(), host="0.0.0.0"))
     assert "authentication is off" in caplog.text and "--security_config_file" in caplog.text
+
+
+def test_jwt_with_a_pem_public_key(tmp_path: Any) -> None:
+    import base64
+    import hmac
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tfprod.errors import Code, ServingError
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "issuer.pem").write_bytes(pem)
+    config = parse_security_config({"auth": {"jwt": {"algorithms": ["RS256"], "public_key_file": "issuer.pem"}}},
+                                   str(tmp_path))
+    guard = Guard(config, _NoStats())
+    claims = {"sub": "svc", "exp": int(time.time()) + 60, "scope": ["predict:digits", "unrelated.scope"]}
+    caller = guard.authenticate(f"Bearer {jwt.encode(claims, private, algorithm='RS256')}", None, "::1")
+    assert caller == Caller("jwt:svc", (Scope("predict", "digits"),))  # scopes for other services are ignored
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
+    confused = head + "." + b64(hmac.new(pem, head.encode(), hashlib.sha256).digest())
+    with pytest.raises(ServingError) as info:
+        guard.authenticate(f"Bearer {confused}", None, "::1")
+    assert info.value.code == Code.UNAUTHENTICATED and "HS256" in info.value.message

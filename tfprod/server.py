@@ -113,6 +113,8 @@ def _secured(options: ServerOptions) -> ServerOptions:
         args = dict(grpc_options.channel_arguments)
         args.setdefault("grpc.max_receive_message_length", limits.max_body_bytes)
         grpc_options = dataclasses.replace(grpc_options, channel_arguments=tuple(args.items()))
+    if limits.max_json_depth is not None:
+        rest = dataclasses.replace(rest, max_json_depth=limits.max_json_depth)
     if limits.request_timeout_s is not None:
         rest = dataclasses.replace(rest, timeout_s=min(rest.timeout_s, limits.request_timeout_s))
     if security.tls is not None and grpc_options.ssl is None:  # --ssl_config_file, if given, wins on gRPC

@@ -67,6 +67,7 @@ class RestOptions:
     metrics_path: str | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     num_threads: int = 8
+    max_json_depth: int | None = None
 
 
 class _TooLarge(Exception):
@@ -197,7 +198,7 @@ class RestApi:
             guard.admit(headers.get("authorization"), headers.get("x-api-key"), client[0], model, api)
             with guard.slot():
                 body = await self._body(request) if request.method == "POST" else b""
-                return await self._run(lambda: work(body))
+                return await self._run(lambda: work(self._shallow(body, api, request)))
         except RateLimited as e:
             status = e.code.name
             response = _error_response(e)
@@ -226,6 +227,19 @@ class RestApi:
             raise ServingError(Code.DEADLINE_EXCEEDED,
                                f"Request timed out after {self._options.timeout_s * 1000:.0f} ms "
                                "(--rest_api_timeout_in_ms)") from None
+
+    def _shallow(self, body: bytes, api: str, request: Request) -> bytes:
+        """Refuse JSON nested deeper than the configured limit, before parsing it."""
+        limit = self._options.max_json_depth
+        if limit is None or not body:
+            return body
+        json_part = body
+        if api == "ModelInfer" and (length := request.headers.get("inference-header-content-length", "")).isdigit():
+            json_part = body[:int(length)]  # the rest is binary tensor data
+        depth = json_tensor.nesting_depth(json_part)
+        if depth > limit:
+            raise invalid(f"JSON nesting depth {depth} exceeds this server's limit of {limit} (max_json_depth)")
+        return body
 
     async def _body(self, request: Request) -> bytes:
         limit = self._options.max_body_bytes

@@ -61,6 +61,20 @@ def loads(body: bytes) -> Any:
         raise invalid(f"JSON Parse error: {e}") from None
 
 
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_STEP = np.zeros(256, np.int8)
+_STEP[[ord("["), ord("{")]] = 1
+_STEP[[ord("]"), ord("}")]] = -1
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep a JSON document's arrays and objects nest, from its bytes, without parsing it:
+    strings dropped, everything but brackets dropped, then a running sum."""
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    return int(np.cumsum(_STEP[np.frombuffer(brackets, np.uint8)], dtype=np.int32).max(initial=0))
+
+
 def parse_object(body: bytes) -> dict[str, Any]:
     doc = loads(body)
     if not isinstance(doc, dict):

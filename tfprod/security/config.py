@@ -84,6 +84,7 @@ class Limits:
     max_body_bytes: int | None = None
     max_tensor_elements: int | None = None
     max_batch_rows: int | None = None
+    max_json_depth: int | None = None  # None: the JSON parser's own bound (1024)
     request_timeout_s: float | None = None
 
 
@@ -293,6 +294,7 @@ def _limits(doc: Any) -> Limits:
         max_body_bytes=positive("max_body_bytes"),
         max_tensor_elements=positive("max_tensor_elements"),
         max_batch_rows=positive("max_batch_rows"),
+        max_json_depth=positive("max_json_depth"),
         request_timeout_s=positive("request_timeout_s", (int, float)),
     )
     t.done()
