@@ -3,7 +3,8 @@
     make bench                 # or: .venv/bin/python bench/run.py [--duration 6] [--connections 1,16,64]
 
 Compares, on the digits MLP (and a small CNN for tfprod), at several concurrencies:
-tfprod REST and gRPC with batching off and on, tfprod V2 REST, the same HTTP stack's no-op endpoint
+tfprod REST and gRPC with batching off and on, tfprod V2 REST, tfprod with every security check on
+(API key, rate rule, bounds; then also TLS), the same HTTP stack's no-op endpoint
 (this machine's ceiling), a plain Flask + TensorFlow server (the usual first server), and MLServer
 (a peer from PyPI, run from its own virtualenv, `--no-peer` skips it). HTTP load comes from `wrk`;
 gRPC load from a multi-process client of tensorflow-serving-api's stubs. Prints a table with ratios
@@ -14,6 +15,7 @@ docs/bench.png. Numbers from one run are comparable with each other only.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -76,8 +78,13 @@ def build_models(root: str) -> dict[str, Any]:
 # -- servers -------------------------------------------------------------------------------
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str, env: dict[str, str] | None = None):
+    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str, env: dict[str, str] | None = None,
+                 https: bool = False):
         self.name, self.port = name, port
+        scheme, context = "http", None
+        if https:
+            import ssl
+            scheme, context = "https", ssl._create_unverified_context()  # the bench's own self-signed cert
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
@@ -88,7 +95,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{name} exited: see {self.log.name}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1) as r:
+                with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}{ready_path}", timeout=1,
+                                            context=context) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -120,14 +128,67 @@ def _children(pid: int) -> list[int]:
     return kids + [g for k in kids for g in _children(k)]
 
 
-def tfprod_server(name: str, models: str, batching: str | None) -> tuple[Server, int]:
+def tfprod_server(name: str, models: str, batching: str | None, security: str | None = None,
+                  https: bool = False) -> tuple[Server, int]:
     rest, grpc_port = free_port(), free_port()
     config = os.path.join(models, "models.config")
     cmd = [PY, "-m", "tfprod", "serve", f"--rest_api_port={rest}", f"--port={grpc_port}",
            f"--model_config_file={config}", "--host=127.0.0.1"]
     if batching:
         cmd += ["--enable_batching", f"--batching_parameters_file={batching}"]
-    return Server(name, cmd, rest, "/readyz"), grpc_port
+    if security:
+        cmd += [f"--security_config_file={security}"]
+    return Server(name, cmd, rest, "/readyz", https=https), grpc_port
+
+
+API_KEY = "tfp_bench_" + "k" * 32
+# Every check on, none refusing: an API key, a rate rule no caller reaches, every bound.
+SECURITY = f"""[auth]
+[[auth.api_keys]]
+name = "bench"
+sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"
+scopes = ["predict:*"]
+[limits]
+max_concurrent_requests = 4096
+max_body_bytes = 1048576
+max_tensor_elements = 1000000
+max_batch_rows = 1024
+max_json_depth = 16
+[[limits.rate]]
+caller = "*"
+per_second = 1000000
+burst = 1000000
+[models]
+graph_scan = "enforce"
+"""
+
+
+def write_security(work: str) -> tuple[str, str]:
+    """The security config of the two secured rows: without and with TLS (a self-signed cert)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    with open(os.path.join(work, "server.key"), "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(os.path.join(work, "server.pem"), "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    plain, tls = os.path.join(work, "security.toml"), os.path.join(work, "security-tls.toml")
+    with open(plain, "w") as f:
+        f.write(SECURITY)
+    with open(tls, "w") as f:
+        f.write(SECURITY + '[tls]\ncert_file = "server.pem"\nkey_file = "server.key"\n')
+    return plain, tls
 
 
 # -- the two helper servers, run as `run.py _noop PORT` / `run.py _flask PORT MODEL` ---------
@@ -211,9 +272,10 @@ def mlserver_server(models: str) -> Server:
 LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
 
 
-def wrk(url: str, body: str, connections: int, duration: int) -> dict[str, float]:
+def wrk(url: str, body: str, connections: int, duration: int, headers: dict[str, str] | None = None
+        ) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA.format(body=body))
+        f.write(LUA.format(body=body) + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items()))
     out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency",
                           "-s", f.name, url], capture_output=True, text=True, timeout=duration + 60).stdout
     os.unlink(f.name)
@@ -306,12 +368,15 @@ def main(argv: Sequence[str]) -> int:
     batching = os.path.join(work, "batching.config")
     with open(batching, "w") as f:
         f.write(BATCHING)
+    security = write_security(work)
     v1 = json.dumps({"instances": [facts["row"]]})
     v2 = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": facts["row"]}]})
 
     # (system, server key, kind, path, body)
     plan = [
         ("tfprod REST batching", "on", "http", "/v1/models/digits:predict", v1),
+        ("tfprod REST batching, API key + limits", "secure", "http", "/v1/models/digits:predict", v1),
+        ("tfprod REST batching, API key + limits + TLS", "tls", "https", "/v1/models/digits:predict", v1),
         ("tfprod REST", "off", "http", "/v1/models/digits:predict", v1),
         ("tfprod gRPC batching", "on", "grpc", "", ""),
         ("tfprod gRPC", "off", "grpc", "", ""),
@@ -331,6 +396,9 @@ def main(argv: Sequence[str]) -> int:
             progress.update(task, description=f"starting {key}")
             if key in ("on", "off"):
                 server, grpc_port = tfprod_server(f"tfprod-{key}", models, batching if key == "on" else None)
+            elif key in ("secure", "tls"):
+                server, grpc_port = tfprod_server(f"tfprod-{key}", models, batching,
+                                                  security[0] if key == "secure" else security[1], key == "tls")
             elif key == "noop":
                 port = free_port()
                 server, grpc_port = Server("noop", [PY, __file__, "_noop", str(port)], port, "/"), 0
@@ -346,8 +414,9 @@ def main(argv: Sequence[str]) -> int:
                         continue
                     for c in connections:
                         progress.update(task, description=f"{name} @ {c}")
-                        if kind == "http":
-                            r = wrk(f"http://127.0.0.1:{server.port}{path}", body, c, args.duration)
+                        if kind in ("http", "https"):
+                            headers = {"X-API-Key": API_KEY} if key in ("secure", "tls") else None
+                            r = wrk(f"{kind}://127.0.0.1:{server.port}{path}", body, c, args.duration, headers)
                         else:
                             r = grpc_load(f"127.0.0.1:{grpc_port}", facts["row"], c, args.duration)
                         r["rss_mb"] = server.rss_mb()

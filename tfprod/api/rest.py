@@ -55,7 +55,7 @@ _V2_REPOSITORY = re.compile(rf"/v2/repository/models/{_NAME}/(load|unload)")
 _CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, GET",
-    "Access-Control-Allow-Headers": "Content-Type",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization, X-API-Key",
 }
 _JSON = "application/json"
 

@@ -82,6 +82,8 @@ class Guard:
         self._buckets: dict[tuple[int, str, str], _Bucket] = {}
         self._in_flight = 0
         self._stop = threading.Event()
+        self._last_warning = float("-inf")
+        self._suppressed = 0
 
     @property
     def config(self) -> SecurityConfig:
@@ -89,8 +91,15 @@ class Guard:
 
     def admit(self, authorization: str | None, api_key: str | None, address: str, model: str, api: str) -> None:
         """Raise unless this caller may call `api` on `model` now. Open APIs (health) pass."""
-        if api in ACTION_OF_API:
-            self.permit(self.authenticate(authorization, api_key, address), model, api)
+        if api not in ACTION_OF_API:
+            return
+        try:
+            caller = self.authenticate(authorization, api_key, address)
+        except ServingError as e:
+            self._stats.record_refusal(model, "unauthenticated")
+            self._warn(f"refused {api} from {address}: {e.message}")
+            raise
+        self.permit(caller, model, api)
 
     # -- authentication -------------------------------------------------------------------
 
@@ -98,21 +107,16 @@ class Guard:
         config = self._config
         if not config.auth:
             return Caller(f"addr:{address}")
-        try:
-            if api_key:
-                return self._api_key(api_key)
-            scheme, _, credential = (authorization or "").strip().partition(" ")
-            credential = credential.strip()
-            if scheme.lower() != "bearer" or not credential:
-                raise ServingError(Code.UNAUTHENTICATED, "Missing credentials: send an API key in the X-API-Key "
-                                   "header or a token as 'Authorization: Bearer <token>'")
-            if credential.count(".") == 2 and config.jwt is not None:
-                return self._token(credential)
-            return self._api_key(credential)
-        except ServingError as e:
-            self._stats.record_refusal("", "unauthenticated")
-            log.warning("refused a call from %s: %s", address, e.message)
-            raise
+        if api_key:
+            return self._api_key(api_key)
+        scheme, _, credential = (authorization or "").strip().partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise ServingError(Code.UNAUTHENTICATED, "Missing credentials: send an API key in the X-API-Key "
+                               "header or a token as 'Authorization: Bearer <token>'")
+        if credential.count(".") == 2 and config.jwt is not None:
+            return self._token(credential)
+        return self._api_key(credential)
 
     def _api_key(self, key: str) -> Caller:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
@@ -175,7 +179,7 @@ class Guard:
         if caller.scopes is not None and not any(s.allows(action, model) for s in caller.scopes):
             self._stats.record_refusal(model, "permission_denied")
             what = f"model '{model}'" if model else "this server"
-            log.warning("refused %s on %s to %s: no %s scope", api, what, caller.identity, action)
+            self._warn(f"refused {api} on {what} to {caller.identity}: no {action} scope")
             raise ServingError(Code.PERMISSION_DENIED, f"{caller.identity} may not call {api} on {what} "
                                f"(needs scope '{action}:{model or '*'}')")
         rules = self._config.limits.rate
@@ -212,6 +216,17 @@ class Guard:
             rule = rules[key[0]] if key[0] < len(rules) else None
             if rule is None or b.tokens + (now - b.at) * rule.per_second >= rule.burst:
                 del self._buckets[key]
+
+    def _warn(self, message: str) -> None:
+        """Log refusals, at most one line a second: a flood of bad calls must not flood the log
+        (the refusal metric counts every one)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_warning < 1.0:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last_warning = self._suppressed, 0, now
+        log.warning("%s%s", message, f" ({suppressed} more refusals since the last line)" if suppressed else "")
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
