@@ -577,11 +577,12 @@ def test_refusals_are_counted(guarded: ServerProcess) -> None:
 
 # -- TLS and mutual TLS --------------------------------------------------------------------
 
-def test_rest_refuses_plain_http_when_tls_is_on(guarded: ServerProcess) -> None:
+def test_rest_refuses_plain_http_when_tls_is_on(guarded: ServerProcess, model_dir: str) -> None:
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{guarded.port}/healthz", timeout=5)
     with pytest.raises(httpx.TransportError):  # a certificate nobody vouches for
         httpx.get(f"https://127.0.0.1:{guarded.port}/healthz", timeout=5)
+    assert_still_serving(guarded, model_dir)
 
 
 def test_mutual_tls_with_hs256_tokens(mutual: ServerProcess, pki: dict[str, bytes], jwt_keys: dict[str, Any],
@@ -598,6 +599,7 @@ def test_mutual_tls_with_hs256_tokens(mutual: ServerProcess, pki: dict[str, byte
 
 
 def test_mutual_tls_refuses_clients_without_a_trusted_certificate(mutual: ServerProcess, pki: dict[str, bytes],
+                                                                  jwt_keys: dict[str, Any], model_dir: str,
                                                                   tmp_path: Any) -> None:
     for cert in (None, "stranger_cert"):
         context = _client_context(pki, tmp_path, cert)
@@ -607,7 +609,7 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(mutual: Server
     with grpc.secure_channel(mutual.grpc_target, credentials) as channel:
         error = grpc_failure(lambda: grpc_predict(channel, [], timeout=5))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert mutual.client.get("/healthz").status_code == 200
+    assert_still_serving(mutual, model_dir, bearer(token(jwt_keys["hs"], "HS256", None, aud=None, iss=None)))
 
 
 def test_revoking_a_key_takes_effect_without_a_restart(mutual: ServerProcess, model_dir: str,

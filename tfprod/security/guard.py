@@ -167,7 +167,7 @@ class Guard:
                 scopes.append(Scope.parse(name))
             except ConfigError:
                 continue  # scopes meant for other services
-        return Caller(f"jwt:{claims.get('sub', '?')}", tuple(scopes))
+        return Caller(f"jwt:{str(claims.get('sub', '?'))[:128]}", tuple(scopes))
 
     # -- authorization and limits ---------------------------------------------------------
 
