@@ -84,7 +84,8 @@ def test_cors_headers_and_preflight(server: ServerProcess) -> None:
     r = server.client.post("/v1/models/nope:predict", content=b'{"instances": [1.0]}')
     assert r.status_code == 404 and r.headers["access-control-allow-origin"] == "*"  # errors too
     r = server.client.options("/v1/models/half_plus_two:predict", headers={"Origin": "https://app.example"})
-    assert r.status_code == 200 and r.headers["access-control-allow-headers"] == "Content-Type"
+    allowed = r.headers["access-control-allow-headers"]
+    assert r.status_code == 200 and allowed == "Content-Type, Authorization, X-API-Key"  # credentials too
     assert server.client.options("/v1/models/half_plus_two:predict").status_code == 400
 
 
