@@ -1,5 +1,5 @@
 """The graph scan on real SavedModels built here: clean models pass, file/network/Python ops are found
-wherever they hide (init op, cond branches, while bodies), and the saver's own ops are not reported."""
+wherever they hide (init op, restore op, cond branches, while bodies); save ops never run and are not reported."""
 
 from __future__ import annotations
 
@@ -16,7 +16,17 @@ from tensorflow.python.framework import op_def_registry
 
 from tfprod import export
 from tfprod.security import graph_scan
-from tfprod.security.graph_scan import FILES, INIT_ROOT, NOT_ALLOWED, PYTHON, Finding, describe, reachable_ops, scan
+from tfprod.security.graph_scan import (
+    FILES,
+    INIT_ROOT,
+    NOT_ALLOWED,
+    PYTHON,
+    RESTORE_ROOT,
+    Finding,
+    describe,
+    reachable_ops,
+    scan,
+)
 from tfprod.servables.saved_model import read_meta_graph
 
 SERVE = frozenset({"serve"})
@@ -149,7 +159,37 @@ def test_describe_names_op_reason_and_root(read_file_model: MetaGraph) -> None:
 def test_saver_ops_are_in_the_graph_but_not_reported(read_file_model: MetaGraph) -> None:
     library_ops = {node.op for f in read_file_model.graph_def.library.function for node in f.node_def}
     assert {"SaveV2", "RestoreV2", "MergeV2Checkpoints"} <= library_ops
-    assert not {"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename"} & set(reachable_ops(read_file_model))
+    reachable = reachable_ops(read_file_model)
+    assert reachable["RestoreV2"] == {RESTORE_ROOT}  # the restore op is scanned, RestoreV2 allowed there
+    assert not {"SaveV2", "MergeV2Checkpoints", "ShardedFilename"} & set(reachable)
+    assert [f.op for f in scan(read_file_model)] == ["ReadFile"]
+
+
+def test_tf1_restore_op_is_scanned(tmp: str) -> None:
+    """TF1 models run the saver's restore op while loading: a file write hidden there is found."""
+    path = os.path.join(tmp, "tf1_restore")
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        w = tf.compat.v1.Variable(2.0, name="w")
+        y = tf.identity(x * w, name="y")
+        session.run(tf.compat.v1.global_variables_initializer())
+        builder = tf.compat.v1.saved_model.Builder(path)
+        signature = tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+        builder.add_meta_graph_and_variables(session, ["serve"], {"serving_default": signature})
+        builder.save()
+    clean = read_meta_graph(path, SERVE)
+    assert scan(clean) == []
+    assert "RestoreV2" in reachable_ops(clean)
+    hidden = MetaGraph()
+    hidden.CopyFrom(clean)
+    hidden.graph_def.node.add(name="pwn", op="WriteFile")
+    restore = next(n for n in hidden.graph_def.node if n.name == _node(hidden.saver_def.restore_op_name))
+    restore.input.append("^pwn")
+    assert scan(hidden) == [Finding("WriteFile", RESTORE_ROOT, FILES)]
+
+
+def _node(ref: str) -> str:
+    return ref.lstrip("^").split(":", 1)[0]
 
 
 def test_signature_function_from_the_object_graph_is_scanned(read_file_model: MetaGraph) -> None:

@@ -190,6 +190,7 @@ def test_format_classify_and_regress() -> None:
     (b'{"s": "[[[[", "t": "}}}"}', 1),  # brackets inside strings do not count
     (rb'{"s": "a\"[[[\\", "x": [[1]]}', 3),  # escaped quotes and backslashes end strings correctly
     (b"[" * 10_000 + b"]" * 10_000, 10_000),
+    (b'{"a": "' + b'\\"' * 100_000, 1),  # unterminated, full of escaped quotes: linear time, not quadratic
 ])
 def test_nesting_depth(body: bytes, depth: int) -> None:
     assert json_tensor.nesting_depth(body) == depth

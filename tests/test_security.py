@@ -562,7 +562,9 @@ def test_init_op_reading_a_file_is_refused_unless_allowed(guarded: ServerProcess
 
 
 def test_refusals_are_counted(guarded: ServerProcess) -> None:
+    assert guarded.client.post("/v1/models/stranger-made-up:predict", content=b"{}").status_code == 401
     text = guarded.client.get("/monitoring/prometheus/metrics").text
+    assert "stranger-made-up" not in text  # strangers cannot mint metric series
     counts = {}
     for line in text.splitlines():
         if line.startswith(":tfprod:security:refusal_count{"):

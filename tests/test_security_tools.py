@@ -114,6 +114,13 @@ CONFIG_ERRORS = {
     "signature without keys": ({"models": {"require_signature": True}}, "trusted_keys"),
     "graph scan mode": ({"models": {"graph_scan": "maybe"}}, "enforce"),
     "mTLS without CA": ({"tls": {"cert_file": "c", "key_file": "k", "require_client_cert": True}}, "client_ca_file"),
+    "same key twice": ({"auth": {"api_keys": [{"name": "a", "sha256": "1" * 64}, {"name": "b", "sha256": "1" * 64}]}},
+                       "same sha256"),
+    "NaN rate": ({"limits": {"rate": [{"per_second": float("nan")}]}}, "per_second"),
+    "infinite burst": ({"limits": {"rate": [{"per_second": 1, "burst": float("inf")}]}}, "burst"),
+    "allow_ops as a string": ({"models": {"allow_ops": {"m": "ReadFile"}}}, "list of op names"),
+    "trusted key not a path": ({"models": {"trusted_keys": [1]}}, "PEM file paths"),
+    "star scope": ({"auth": {"api_keys": [{"name": "a", "sha256": "0" * 64, "scopes": ["*"]}]}}, "action"),
 }
 
 
@@ -183,3 +190,47 @@ def test_jwt_with_a_pem_public_key(tmp_path: Any) -> None:
     with pytest.raises(ServingError) as info:
         guard.authenticate(f"Bearer {confused}", None, "::1")
     assert info.value.code == Code.UNAUTHENTICATED and "HS256" in info.value.message
+
+
+def test_jwks_with_a_symmetric_key_is_refused(tmp_path: Any) -> None:
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]}))
+    with pytest.raises(ConfigError, match="symmetric"):
+        parse_security_config({"auth": {"jwt": {"algorithms": ["RS256"], "jwks_file": "jwks.json"}}},
+                              str(tmp_path))
+    (tmp_path / "jwks.json").write_text("[1, 2]")
+    (tmp_path / "security.toml").write_text('[auth.jwt]\nalgorithms = ["RS256"]\njwks_file = "jwks.json"\n')
+    from tfprod.security.config import read_security_config
+    with pytest.raises(ConfigError):
+        read_security_config(str(tmp_path / "security.toml"))
+
+
+def test_a_reload_cannot_turn_authentication_off() -> None:
+    on = parse_security_config({"auth": {"api_keys": [{"name": "a", "sha256": "0" * 64}]}}, ".")
+    guard = Guard(on, _NoStats())
+    with pytest.raises(ConfigError, match="restart"):
+        guard._reload(parse_security_config({}, "."))
+    assert guard.config.auth
+
+
+def test_token_scopes_can_be_namespaced(tmp_path: Any) -> None:
+    import time
+
+    import jwt
+
+    secret = "s" * 40
+    (tmp_path / "secret").write_text(secret)
+    config = parse_security_config({"auth": {"jwt": {"algorithms": ["HS256"], "secret_file": "secret",
+                                                     "scope_prefix": "tfprod/"}}}, str(tmp_path))
+    claims = {"sub": "svc", "exp": int(time.time()) + 60, "scope": "admin predict:* tfprod/predict:digits"}
+    caller = Guard(config, _NoStats()).authenticate(f"Bearer {jwt.encode(claims, secret)}", None, "::1")
+    assert caller.scopes == (Scope("predict", "digits"),)  # another service's "admin" grants nothing here
+
+
+def test_rate_buckets_stay_bounded() -> None:
+    from tfprod.security import guard as guard_module
+
+    config = parse_security_config({"limits": {"rate": [{"per_second": 1, "burst": 1}]}}, ".")
+    guard = Guard(config, _NoStats())
+    for i in range(guard_module.MAX_BUCKETS + 50):
+        guard.permit(Caller("addr:1.2.3.4"), f"model-{i}", "Predict")
+    assert len(guard._buckets) == guard_module.MAX_BUCKETS

@@ -110,8 +110,10 @@ def _secured(options: ServerOptions) -> ServerOptions:
     limits, rest, grpc_options = security.limits, options.rest, options.grpc
     if limits.max_body_bytes is not None:
         rest = dataclasses.replace(rest, max_body_bytes=min(rest.max_body_bytes, limits.max_body_bytes))
-        args = dict(grpc_options.channel_arguments)
-        args.setdefault("grpc.max_receive_message_length", limits.max_body_bytes)
+        args: dict[str, int | str] = dict(grpc_options.channel_arguments)
+        given = args.get("grpc.max_receive_message_length")
+        args["grpc.max_receive_message_length"] = min(given, limits.max_body_bytes) if isinstance(given, int) \
+            else limits.max_body_bytes
         grpc_options = dataclasses.replace(grpc_options, channel_arguments=tuple(args.items()))
     if limits.max_json_depth is not None:
         rest = dataclasses.replace(rest, max_json_depth=limits.max_json_depth)

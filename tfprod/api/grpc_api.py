@@ -89,6 +89,8 @@ class Runner:
                     raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline exceeded") from None
         except ServingError as e:
             status = e.code
+            if e.code == Code.UNAUTHENTICATED:
+                model = ""  # a stranger's model names must not become metric series
             trailers = (("retry-after", str(e.retry_after_s)),) if isinstance(e, RateLimited) else ()
             await context.abort(grpc.StatusCode[e.code.name], cut(e.message), trailing_metadata=trailers)
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client leaves

@@ -196,8 +196,8 @@ class RestApi:
             model, api, work = route(request, path)
             client = request.scope.get("client") or ("", 0)
             guard.admit(headers.get("authorization"), headers.get("x-api-key"), client[0], model, api)
+            body = await self._read_within_timeout(request) if request.method == "POST" else b""
             with guard.slot():
-                body = await self._body(request) if request.method == "POST" else b""
                 return await self._run(lambda: work(self._shallow(body, api, request)))
         except RateLimited as e:
             status = e.code.name
@@ -206,6 +206,8 @@ class RestApi:
             return response
         except ServingError as e:
             status = e.code.name
+            if e.code == Code.UNAUTHENTICATED:
+                model = ""  # a stranger's model names must not become metric series
             return _error_response(e)
         except _TooLarge:
             status = Code.RESOURCE_EXHAUSTED.name
@@ -227,6 +229,15 @@ class RestApi:
             raise ServingError(Code.DEADLINE_EXCEEDED,
                                f"Request timed out after {self._options.timeout_s * 1000:.0f} ms "
                                "(--rest_api_timeout_in_ms)") from None
+
+    async def _read_within_timeout(self, request: Request) -> bytes:
+        """A body that trickles in slower than the request timeout is refused (a slow client must
+        not hold a worker or a concurrency slot)."""
+        try:
+            return await asyncio.wait_for(self._body(request), timeout=self._options.timeout_s)
+        except TimeoutError:
+            raise ServingError(Code.DEADLINE_EXCEEDED, f"Request body not received within "
+                               f"{self._options.timeout_s * 1000:.0f} ms") from None
 
     def _shallow(self, body: bytes, api: str, request: Request) -> bytes:
         """Refuse JSON nested deeper than the configured limit, before parsing it."""

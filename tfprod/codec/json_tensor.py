@@ -61,7 +61,8 @@ def loads(body: bytes) -> Any:
         raise invalid(f"JSON Parse error: {e}") from None
 
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# Possessive, and an unterminated string runs to the end: linear time on any input.
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\Z)')
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _STEP = np.zeros(256, np.int8)
 _STEP[[ord("["), ord("{")]] = 1

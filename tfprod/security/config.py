@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -35,8 +36,6 @@ class Scope:
     @classmethod
     def parse(cls, text: str) -> Scope:
         action, _, models = text.partition(":")
-        if action == "*":
-            action = "admin"
         if action not in ACTIONS:
             raise ConfigError(f"scope {text!r}: the action must be one of {', '.join(ACTIONS)} "
                               "(as in 'predict:digits', 'read:*', 'admin')")
@@ -66,6 +65,7 @@ class JwtOptions:
     issuer: str | None = None
     leeway_s: float = 0.0
     scope_claim: str = "scope"
+    scope_prefix: str = ""  # only token scopes starting with it count, e.g. "tfprod/" in "tfprod/predict:digits"
     required_claims: tuple[str, ...] = ("exp",)
 
 
@@ -152,7 +152,12 @@ def read_security_config(path: str) -> SecurityConfig:
         raise ConfigError(f"--security_config_file: cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--security_config_file {path}: not valid TOML: {e}") from None
-    return parse_security_config(doc, os.path.dirname(os.path.abspath(path)), path)
+    try:
+        return parse_security_config(doc, os.path.dirname(os.path.abspath(path)), path)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # a value of an unexpected shape
+        raise ConfigError(f"--security_config_file {path}: {type(e).__name__}: {e}") from None
 
 
 def parse_security_config(doc: Mapping[str, Any], base_dir: str, path: str = "") -> SecurityConfig:
@@ -174,6 +179,9 @@ def parse_security_config(doc: Mapping[str, Any], base_dir: str, path: str = "")
     names = [k.name for k in keys]
     if len(set(names)) != len(names):
         raise ConfigError("[auth]: two api_keys share a name; names identify callers in logs and rate limits")
+    hashes = [k.sha256 for k in keys if k.sha256]
+    if len(set(hashes)) != len(hashes):
+        raise ConfigError("[auth]: two api_keys have the same sha256: one key would act as two callers")
     jwt_options = _jwt(jwt_doc, base_dir) if jwt_doc is not None else None
     if enabled and not keys and jwt_options is None:
         raise ConfigError("[auth] is enabled but lists no api_keys and no [auth.jwt]: nobody could call the server")
@@ -229,6 +237,7 @@ def _jwt(doc: Any, base_dir: str) -> JwtOptions:
         issuer=t.get("issuer", str),
         leeway_s=float(t.get("leeway_s", (int, float), 0)),
         scope_claim=t.get("scope_claim", str, "scope"),
+        scope_prefix=t.get("scope_prefix", str, ""),
         required_claims=tuple(t.get("required_claims", list, ["exp"])),
     )
     t.done()
@@ -264,9 +273,12 @@ def _jwt(doc: Any, base_dir: str) -> JwtOptions:
             raise ConfigError(f"[auth.jwt].public_key_file is not a PEM public key: {e}") from None
     text = _read(base_dir, jwks_file, "[auth.jwt].jwks_file")
     try:
-        return dataclasses.replace(options, jwks=jwt.PyJWKSet.from_json(text.decode()))
-    except (jwt.PyJWKSetError, ValueError) as e:
+        jwks = jwt.PyJWKSet.from_json(text.decode())
+    except (jwt.PyJWKSetError, jwt.PyJWKError, ValueError, TypeError, AttributeError) as e:
         raise ConfigError(f"[auth.jwt].jwks_file is not a usable JWK set: {e}") from None
+    if any(key.key_type == "oct" for key in jwks.keys):
+        raise ConfigError("[auth.jwt].jwks_file holds a symmetric ('oct') key: use secret_file for HS256")
+    return dataclasses.replace(options, jwks=jwks)
 
 
 def _limits(doc: Any) -> Limits:
@@ -278,7 +290,7 @@ def _limits(doc: Any) -> Limits:
         rule = RateRule(r.get("caller", str, "*"), r.get("model", str, "*"), per_second,
                         float(r.get("burst", (int, float), max(1.0, per_second))))
         r.done()
-        if rule.per_second <= 0 or rule.burst < 1:
+        if not (0 < rule.per_second < math.inf and 1 <= rule.burst < math.inf):
             raise ConfigError(f"[[limits.rate]] #{i + 1}: per_second must be > 0 and burst >= 1")
         rules.append(rule)
 
@@ -305,6 +317,11 @@ def _models(doc: Any, base_dir: str) -> ModelRules:
     t = _Table(doc, "[models]")
     keys = t.get("trusted_keys", list, [])
     allow = t.get("allow_ops", dict, {})
+    if not all(isinstance(k, str) for k in keys):
+        raise ConfigError("[models].trusted_keys must be a list of PEM file paths")
+    for pattern, ops in allow.items():
+        if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
+            raise ConfigError(f"[models.allow_ops].{pattern} must be a list of op names, e.g. ['ReadFile']")
     rules = ModelRules(
         require_signature=t.get("require_signature", bool, False),
         trusted_keys=tuple(os.path.join(base_dir, k) for k in keys),
@@ -319,9 +336,6 @@ def _models(doc: Any, base_dir: str) -> ModelRules:
                           "signatures are accepted")
     for key in rules.trusted_keys:
         _read("", key, "[models].trusted_keys")
-    for pattern, ops in rules.allow_ops.items():
-        if not all(isinstance(op, str) for op in ops):
-            raise ConfigError(f"[models.allow_ops].{pattern} must be a list of op names, e.g. ['ReadFile']")
     return rules
 
 

@@ -12,8 +12,9 @@ an op it does not know fails closed, and the operator can allow more ops per mod
     if findings:
         refuse(describe(findings))
 
-Only the MetaGraphDef is read; nothing is loaded or run. Ops reachable only from the saver
-(RestoreV2, SaveV2, ...) are not reported: restoring variables is the loader's own business.
+Only the MetaGraphDef is read; nothing is loaded or run. The saver's restore op is scanned too
+(TF1 models run it while loading), where the checkpoint restore ops themselves (RestoreV2, ...)
+are allowed; the save path (SaveV2, ...) never runs in a server and is not scanned.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from tensorflow.core.framework import attr_value_pb2, function_pb2, node_def_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 INIT_ROOT = "init op"
+RESTORE_ROOT = "restore op"
+RESTORE_OPS = frozenset({"RestoreV2", "Restore", "RestoreSlice"})  # allowed from RESTORE_ROOT only
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "table_initializer")
 
@@ -110,7 +113,7 @@ ALLOWED_OPS: frozenset[str] = frozenset().union(
         Reshape Transpose ConjugateTranspose Concat ConcatV2 ConcatOffset Pack Unpack Split SplitV
         Gather GatherV2 GatherNd StridedSlice TensorStridedSliceUpdate Slice Pad PadV2 MirrorPad Tile
         Fill ExpandDims Squeeze Shape ShapeN Size Rank Where OneHot ZerosLike OnesLike BroadcastTo
-        BroadcastArgs BroadcastGradientArgs Reverse ReverseV2 ReverseSequence Roll Empty InvertPermutation
+        BroadcastArgs BroadcastGradientArgs Reverse ReverseV2 ReverseSequence Roll InvertPermutation
         Unique UniqueV2 UniqueWithCounts UniqueWithCountsV2 ListDiff SetSize DenseToDenseSetOperation
         DenseToSparseSetOperation SparseToSparseSetOperation ScatterNd TensorScatterUpdate TensorScatterAdd
         TensorScatterSub TensorScatterMin TensorScatterMax DynamicPartition DynamicStitch
@@ -263,7 +266,8 @@ def scan(meta_graph: meta_graph_pb2.MetaGraphDef, allow: Iterable[str] = ()) -> 
     extra op types to accept for this model, dangerous ones included."""
     extra = frozenset(allow)
     findings = {Finding(node.op, root, reason) for root, node in _reachable_nodes(meta_graph)
-                if node.op not in extra and (reason := _reason(node)) is not None}
+                if node.op not in extra and not (root == RESTORE_ROOT and node.op in RESTORE_OPS)
+                and (reason := _reason(node)) is not None}
     return sorted(findings)
 
 
@@ -344,6 +348,8 @@ def _roots(meta_graph: meta_graph_pb2.MetaGraphDef) -> dict[str, _Root]:
                 continue  # the loader cannot use it either
             if variable.initializer_name:
                 init.nodes.add(_node_name(variable.initializer_name))
+    if meta_graph.saver_def.restore_op_name:  # the loader runs it to restore variables
+        roots.setdefault(RESTORE_ROOT, _Root()).nodes.add(_node_name(meta_graph.saver_def.restore_op_name))
 
     objects = meta_graph.object_graph_def.nodes
 

@@ -10,6 +10,7 @@ still apply per client address.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fnmatch
@@ -31,14 +32,18 @@ from tfprod.security.config import RateRule, Scope, SecurityConfig, read_securit
 
 log = logging.getLogger("tfprod.security")
 
-# What each API needs. APIs not listed (health, liveness, readiness) are open to everyone.
+# What each API needs. APIs not listed (health, liveness, readiness, V2 server metadata: the
+# server's name, version and extensions) are open to everyone.
 ACTION_OF_API = {
     "Predict": "predict", "Classify": "predict", "Regress": "predict", "MultiInference": "predict",
     "ModelInfer": "predict",
     "GetModelStatus": "read", "GetModelMetadata": "read", "ListModels": "read", "ModelMetadata": "read",
-    "ModelReady": "read", "ServerMetadata": "read", "RepositoryIndex": "read",
+    "ModelReady": "read", "RepositoryIndex": "read",
     "HandleReloadConfigRequest": "admin", "RepositoryModelLoad": "admin", "RepositoryModelUnload": "admin",
 }
+
+
+MAX_BUCKETS = 100_000  # rate-limit buckets kept; about 100 bytes each
 
 
 class RefusalStats(Protocol):
@@ -79,7 +84,7 @@ class Guard:
         self._config = config
         self._stats = stats
         self._lock = threading.Lock()
-        self._buckets: dict[tuple[int, str, str], _Bucket] = {}
+        self._buckets: collections.OrderedDict[tuple[int, str, str], _Bucket] = collections.OrderedDict()
         self._in_flight = 0
         self._stop = threading.Event()
         self._last_warning = float("-inf")
@@ -96,7 +101,7 @@ class Guard:
         try:
             caller = self.authenticate(authorization, api_key, address)
         except ServingError as e:
-            self._stats.record_refusal(model, "unauthenticated")
+            self._stats.record_refusal("", "unauthenticated")  # not the model named by a stranger: no new series
             self._warn(f"refused {api} from {address}: {e.message}")
             raise
         self.permit(caller, model, api)
@@ -163,8 +168,10 @@ class Guard:
             if isinstance(raw, list) else []
         scopes = []
         for name in names:
+            if not name.startswith(options.scope_prefix):
+                continue
             try:
-                scopes.append(Scope.parse(name))
+                scopes.append(Scope.parse(name[len(options.scope_prefix):]))
             except ConfigError:
                 continue  # scopes meant for other services
         return Caller(f"jwt:{str(claims.get('sub', '?'))[:128]}", tuple(scopes))
@@ -196,9 +203,11 @@ class Guard:
             key = (index, identity, model)
             bucket = self._buckets.get(key)
             if bucket is None:
-                if len(self._buckets) >= 10_000:
-                    self._forget_full(now)
+                if len(self._buckets) >= MAX_BUCKETS:  # memory stays bounded: the longest idle goes
+                    self._buckets.popitem(last=False)
                 bucket = self._buckets[key] = _Bucket(rule.burst, now)
+            else:
+                self._buckets.move_to_end(key)
             bucket.tokens = min(rule.burst, bucket.tokens + (now - bucket.at) * rule.per_second)
             bucket.at = now
             if bucket.tokens >= 1.0:
@@ -208,14 +217,6 @@ class Guard:
         self._stats.record_refusal(model, "rate_limited")
         raise RateLimited(f"Rate limit exceeded for {identity} on model '{model}': {rule.per_second:g} "
                           f"requests/s, bursts of {rule.burst:g}; retry in {wait} s", max(1, wait))
-
-    def _forget_full(self, now: float) -> None:
-        """A bucket that has refilled is the same as no bucket: drop those (memory stays bounded)."""
-        rules = self._config.limits.rate
-        for key, b in list(self._buckets.items()):
-            rule = rules[key[0]] if key[0] < len(rules) else None
-            if rule is None or b.tokens + (now - b.at) * rule.per_second >= rule.burst:
-                del self._buckets[key]
 
     def _warn(self, message: str) -> None:
         """Log refusals, at most one line a second: a flood of bad calls must not flood the log
@@ -264,25 +265,34 @@ class Guard:
                 return None
 
         def loop() -> None:
-            seen = stamp()
+            loaded = previous = stamp()
             while not self._stop.wait(interval_s):
                 now = stamp()
-                if now == seen or now is None:
-                    continue
-                seen = now
+                settled, previous = now == previous, now
+                if now is None or now == loaded or not settled:
+                    continue  # unchanged, gone, or still being written: wait for two equal looks
+                loaded = now
                 try:
-                    config = read_security_config(path)
-                except ConfigError as e:
+                    self._reload(read_security_config(path))
+                except Exception as e:  # never let the watcher die: the running config stays
                     log.error("security config %s not reloaded, the running one stays: %s", path, e)
-                    continue
-                if config.tls != self._config.tls:
-                    log.warning("security config: [tls] changes take effect at the next restart")
-                with self._lock:
-                    self._config = dataclasses.replace(config, tls=self._config.tls)
-                    self._buckets.clear()
-                log.info("security config %s reloaded", path)
 
         threading.Thread(target=loop, name="tfprod-security-config", daemon=True).start()
+
+    def _reload(self, config: SecurityConfig) -> None:
+        running = self._config
+        if running.auth and not config.auth:
+            raise ConfigError("it turns authentication off; that takes a restart")
+        if config.tls != running.tls:
+            log.warning("security config: [tls] changes take effect at the next restart")
+        fixed = ("max_body_bytes", "max_json_depth", "max_tensor_elements", "max_batch_rows", "request_timeout_s")
+        changed = [f for f in fixed if getattr(config.limits, f) != getattr(running.limits, f)]
+        if changed:
+            log.warning("security config: [limits] %s take effect at the next restart", ", ".join(changed))
+        with self._lock:
+            self._config = dataclasses.replace(config, tls=running.tls)
+            self._buckets.clear()
+        log.info("security config %s reloaded", config.path)
 
     def stop(self) -> None:
         self._stop.set()
