@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -60,3 +61,20 @@ def make_pki() -> dict[str, bytes]:
     stranger = _cert("stranger", client_key, other_ca, other_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     return {"ca": pem(ca), "server_key": pem_key(server_key), "server_cert": pem(server),
             "client_key": pem_key(client_key), "client_cert": pem(client), "stranger_cert": pem(stranger)}
+
+
+def write_key_pair(root: Any, name: str) -> tuple[str, str]:
+    """A new EC key as `root/NAME.key` (PKCS8) and `root/NAME.pub` (SubjectPublicKeyInfo): paths."""
+    key = new_key()
+    (root / f"{name}.key").write_bytes(pem_key(key))
+    (root / f"{name}.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return str(root / f"{name}.key"), str(root / f"{name}.pub")
+
+
+def key_pairs(root: Any, *names: str) -> dict[str, str]:
+    """write_key_pair for each name: {NAME: private key path, NAME.pub: public key path}."""
+    paths = {}
+    for name in names:
+        paths[name], paths[f"{name}.pub"] = write_key_pair(root, name)
+    return paths

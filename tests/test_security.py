@@ -32,7 +32,7 @@ from conftest import ServerProcess
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pki import make_pki, new_key, pem_key
+from pki import key_pairs, make_pki, new_key
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     model_management_pb2,
@@ -72,16 +72,7 @@ def jwt_keys() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A trusted release key and an untrusted one, as PEM files."""
-    root = tmp_path_factory.mktemp("signing-keys")
-    paths = {}
-    for name in ("release", "untrusted"):
-        key = new_key()
-        (root / f"{name}.key").write_bytes(pem_key(key))
-        (root / f"{name}.pub").write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        paths[name] = str(root / f"{name}.key")
-        paths[f"{name}.pub"] = str(root / f"{name}.pub")
-    return paths
+    return key_pairs(tmp_path_factory.mktemp("signing-keys"), "release", "untrusted")
 
 
 def _client_context(pki: dict[str, bytes], root: Any, cert: str | None = "client_cert") -> ssl.SSLContext:
@@ -531,6 +522,7 @@ def test_unverified_versions_are_refused_and_the_old_one_keeps_serving(
     version = max(int(v) for v in os.listdir(base) if v.isdigit()) + 1
     _tampered(os.path.join(model_dir, "half_plus_two", "1"), os.path.join(base, str(version)), signer, change)
     _wait_refused(guarded, "signed", version, *words)
+    assert refusals(guarded)[("signed", "signature")] >= 1
     assert _status(guarded, "signed")[1]["state"] == "AVAILABLE"
     assert_still_serving(guarded, model_dir)
     r = predict(guarded, key("scorer"), "signed")
@@ -557,24 +549,33 @@ def test_init_op_reading_a_file_is_refused_unless_allowed(guarded: ServerProcess
     _signed_copy(src, _base_of(guarded, "scanned"), 2, signer["release"])
     message = _wait_refused(guarded, "scanned", 2, "InitializeTableFromTextFileV2", "init op", "allow_ops")
     assert "scanned" in message
+    assert refusals(guarded)[("scanned", "graph_scan")] == 1
     r = predict(guarded, key("scorer"), "scanned")
     assert r.status_code == 200 and r.json()["predictions"] == expected(model_dir)
 
 
-def test_refusals_are_counted(guarded: ServerProcess) -> None:
-    assert guarded.client.post("/v1/models/stranger-made-up:predict", content=b"{}").status_code == 401
-    text = guarded.client.get("/monitoring/prometheus/metrics").text
-    assert "stranger-made-up" not in text  # strangers cannot mint metric series
+def refusals(server: ServerProcess) -> dict[tuple[str, str], float]:
+    """:tfprod:security:refusal_count by (model_name, reason)."""
     counts = {}
-    for line in text.splitlines():
+    for line in server.client.get("/monitoring/prometheus/metrics").text.splitlines():
         if line.startswith(":tfprod:security:refusal_count{"):
             labels, value = line.rsplit(" ", 1)
-            counts[labels] = float(value)
-    assert any('reason="unauthenticated"' in k for k in counts), counts
-    assert any('reason="permission_denied"' in k for k in counts), counts
-    assert any('reason="rate_limited"' in k for k in counts), counts
-    assert any('model_name="signed",reason="signature"' in k and v >= 5 for k, v in counts.items()), counts
-    assert any('model_name="scanned",reason="graph_scan"' in k for k in counts), counts
+            model = labels.split('model_name="', 1)[1].split('"', 1)[0]
+            reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+            counts[(model, reason)] = float(value)
+    return counts
+
+
+def test_refusals_are_counted(guarded: ServerProcess) -> None:
+    assert guarded.client.post("/v1/models/stranger-made-up:predict", content=b"{}").status_code == 401
+    assert predict(guarded, key("reader")).status_code == 403
+    assert 429 in [predict(guarded, key("limited")).status_code for _ in range(6)]  # burst 5
+    counts = refusals(guarded)
+    assert counts[("", "unauthenticated")] >= 1, counts
+    assert counts[("half_plus_two", "permission_denied")] >= 1, counts
+    assert counts[("half_plus_two", "rate_limited")] >= 1, counts
+    assert not any("stranger-made-up" in model for model, _ in counts)  # strangers cannot mint series
+    assert "stranger-made-up" not in guarded.client.get("/monitoring/prometheus/metrics").text
 
 
 # -- TLS and mutual TLS --------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import saved_models
 from cryptography.hazmat.primitives import serialization
-from pki import new_key, pem_key
+from pki import key_pairs
 
 from tfprod.config.model_config import ConfigError
 from tfprod.security.config import Scope, parse_security_config
@@ -31,15 +31,7 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("keys")
-    out = {}
-    for name in ("ours", "theirs"):
-        key = new_key()
-        (root / f"{name}.key").write_bytes(pem_key(key))
-        (root / f"{name}.pub").write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        out[name], out[f"{name}.pub"] = str(root / f"{name}.key"), str(root / f"{name}.pub")
-    return out
+    return key_pairs(tmp_path_factory.mktemp("keys"), "ours", "theirs")
 
 
 def test_signatures_interoperate_with_model_signing_cli(model_dir: str, keys: dict[str, str], tmp_path: Any) -> None:
