@@ -90,6 +90,11 @@ def serve_parser() -> argparse.ArgumentParser:
                              "owner,approval_id (tfprod; a version without them ends in END with the reason)")
     models.add_argument("--num_request_iterations_for_warmup", type=int, default=1,
                         help="times each warmup record is replayed (default: 1)")
+    _add_bool(models, "prefer_tflite_model", False,
+              "serve a version's model.tflite (LiteRT) when it also holds a SavedModel; a version holding only "
+              "model.tflite is served from it either way")
+    models.add_argument("--tflite_num_threads", type=int, default=1,
+                        help="threads each LiteRT interpreter uses (default: 1)")
     _add_bool(models, "enable_signature_method_name_check", False,
               "classify/regress only on signatures whose method_name says so, as TF 1 servers did")
 
@@ -184,6 +189,8 @@ def _serve(argv: Sequence[str]) -> int:
             required_metadata_fields=tuple(f.strip() for f in args.required_metadata_fields.split(",") if f.strip()),
             num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
             per_model_batching=args.enable_per_model_batching_parameters,
+            prefer_tflite_model=args.prefer_tflite_model,
+            tflite_num_threads=max(1, args.tflite_num_threads),
             rest=RestOptions(
                 timeout_s=args.rest_api_timeout_in_ms / 1000,
                 enable_cors=args.rest_api_enable_cors_support,

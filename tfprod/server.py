@@ -9,7 +9,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import functools
 import logging
 import signal
 import ssl
@@ -36,7 +35,8 @@ from tfprod.protos import grpc_predict_v2_pb2_grpc
 from tfprod.security.admission import ModelRefused, check_version
 from tfprod.security.config import SecurityConfig, TlsOptions
 from tfprod.security.guard import Guard
-from tfprod.servables import saved_model
+from tfprod.servables import saved_model, tflite
+from tfprod.servables.base import Servable
 from tfprod.server_core import ServerCore
 from tfprod.service import InputBounds, Service
 
@@ -61,6 +61,8 @@ class ServerOptions:
     enable_model_warmup: bool = True
     required_metadata_fields: tuple[str, ...] = ()
     num_request_iterations_for_warmup: int = 1
+    prefer_tflite_model: bool = False
+    tflite_num_threads: int = 1
     rest: RestOptions = RestOptions()
     grpc: GrpcOptions = GrpcOptions()
     security: SecurityConfig = SecurityConfig()
@@ -150,12 +152,18 @@ def run(options: ServerOptions) -> None:
     metrics = ServingMetrics()
     registry.register(metrics)
     guard = Guard(options.security, metrics)
-    load = functools.partial(saved_model.load, tags=options.saved_model_tags, batching=options.batching,
-                             per_model_batching=options.per_model_batching, batch_stats=metrics)
+    def load(sid: ServableId, path: str) -> Servable:
+        """model.tflite when it is all there is, or with --prefer_tflite_model (TF Serving's rule)."""
+        if tflite.has_tflite(path) and (options.prefer_tflite_model or not saved_model.is_complete(path)):
+            return tflite.load(sid, path, options.tflite_num_threads,
+                               saved_model.batching_for(path, options.batching, options.per_model_batching), metrics)
+        return saved_model.load(sid, path, options.saved_model_tags, options.batching, options.per_model_batching,
+                                metrics)
 
-    def load_and_warm(sid: ServableId, path: str) -> saved_model.SavedModelServable:
+    def load_and_warm(sid: ServableId, path: str) -> Servable:
+        lite = tflite.has_tflite(path) and (options.prefer_tflite_model or not saved_model.is_complete(path))
         try:
-            check_version(guard.config.models, sid.name, sid.version, path, options.saved_model_tags)
+            check_version(guard.config.models, sid.name, sid.version, path, options.saved_model_tags, scan=not lite)
         except ModelRefused as e:
             metrics.record_refusal(sid.name, e.reason)
             raise
@@ -176,7 +184,7 @@ def run(options: ServerOptions) -> None:
                 log.info("warmed up %s version %d: %d records in %.2fs", sid.name, sid.version, *done)
         return servable
 
-    manager = Manager[saved_model.SavedModelServable](
+    manager = Manager[Servable](
         load_and_warm,
         ManagerOptions(
             max_num_load_retries=options.max_num_load_retries,
@@ -184,7 +192,8 @@ def run(options: ServerOptions) -> None:
             on_state_change=metrics.record_state,
         ),
     )
-    source = FileSystemSource(manager.set_aspired_versions, saved_model.is_complete,
+    source = FileSystemSource(manager.set_aspired_versions,
+                              lambda path: saved_model.is_complete(path) or tflite.has_tflite(path),
                               SourceOptions(poll_wait_s=options.file_system_poll_wait_seconds))
     core = ServerCore(manager, source, options.allow_version_labels_for_unavailable_models)
     limits = options.security.limits

@@ -19,7 +19,7 @@ from tfprod.core.manager import Manager
 from tfprod.core.source import FileSystemSource, Watch
 from tfprod.core.states import State
 from tfprod.errors import Code, ServingError
-from tfprod.servables.saved_model import SavedModelServable
+from tfprod.servables.base import Servable
 
 log = logging.getLogger("tfprod.server")
 
@@ -27,7 +27,7 @@ log = logging.getLogger("tfprod.server")
 class ServerCore:
     def __init__(
         self,
-        manager: Manager[SavedModelServable],
+        manager: Manager[Servable],
         source: FileSystemSource,
         allow_labels_for_unavailable: bool,
     ) -> None:

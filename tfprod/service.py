@@ -15,7 +15,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from tfprod.core.manager import Manager, VersionStatus
 from tfprod.errors import Code, ServingError, invalid, not_found
-from tfprod.servables.saved_model import SavedModelServable
+from tfprod.servables.base import Servable
 from tfprod.signature import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, Signature
 
 Decode = Callable[[Signature], Mapping[str, np.ndarray]]
@@ -55,7 +55,7 @@ class InputBounds:
 
 
 class Service:
-    def __init__(self, manager: Manager[SavedModelServable], check_method_names: bool = False,
+    def __init__(self, manager: Manager[Servable], check_method_names: bool = False,
                  bounds: InputBounds = InputBounds()) -> None:
         self._manager = manager
         self._check = check_method_names  # --enable_signature_method_name_check
@@ -141,7 +141,7 @@ class Service:
         return {m: (self._manager.status(m), self._manager.labels(m)) for m in self._manager.models()}
 
 
-def _run(servable: SavedModelServable, signature_name: str, decode: Decode,
+def _run(servable: Servable, signature_name: str, decode: Decode,
          output_filter: OutputFilter = ()) -> tuple[Signature, dict[str, np.ndarray]]:
     sig = servable.signature(signature_name)
     if callable(output_filter):
@@ -153,22 +153,22 @@ def _run(servable: SavedModelServable, signature_name: str, decode: Decode,
     return sig, servable.run(sig, decode(sig), output_filter)
 
 
-def classify_on(servable: SavedModelServable, signature_name: str, examples: list[bytes]) -> Classes:
+def classify_on(servable: Servable, signature_name: str, examples: list[bytes]) -> Classes:
     """Classify on a servable already in hand (warmup replays before a version is AVAILABLE)."""
     return _classify(servable, signature_name, examples, False)
 
 
-def regress_on(servable: SavedModelServable, signature_name: str, examples: list[bytes]) -> np.ndarray:
+def regress_on(servable: Servable, signature_name: str, examples: list[bytes]) -> np.ndarray:
     return _regress(servable, signature_name, examples, False)
 
 
-def _check_method(servable: SavedModelServable, signature_name: str, method: str, kind: str) -> None:
+def _check_method(servable: Servable, signature_name: str, method: str, kind: str) -> None:
     sig = servable.signature(signature_name)
     if sig.method_name != method:
         raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {sig.method_name}")
 
 
-def _classify(servable: SavedModelServable, signature_name: str, examples: list[bytes], check: bool) -> Classes:
+def _classify(servable: Servable, signature_name: str, examples: list[bytes], check: bool) -> Classes:
     if check:
         _check_method(servable, signature_name, CLASSIFY_METHOD, "classification")
     _, outputs = _run(servable, signature_name, _examples_decoder(examples, "classification"))
@@ -178,7 +178,7 @@ def _classify(servable: SavedModelServable, signature_name: str, examples: list[
     return outputs.get("classes"), outputs.get("scores")
 
 
-def _regress(servable: SavedModelServable, signature_name: str, examples: list[bytes], check: bool) -> np.ndarray:
+def _regress(servable: Servable, signature_name: str, examples: list[bytes], check: bool) -> np.ndarray:
     if check:
         _check_method(servable, signature_name, REGRESS_METHOD, "regression")
     _, outputs = _run(servable, signature_name, _examples_decoder(examples, "regression"))

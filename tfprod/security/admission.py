@@ -22,14 +22,16 @@ class ModelRefused(ServingError):
         self.reason = reason  # the metric's label: "signature" or "graph_scan"
 
 
-def check_version(rules: ModelRules, name: str, version: int, path: str, tags: frozenset[str]) -> None:
+def check_version(rules: ModelRules, name: str, version: int, path: str, tags: frozenset[str],
+                  scan: bool = True) -> None:
+    """`scan=False` for versions served from model.tflite: the graph scan reads SavedModel graphs."""
     if rules.require_signature:
         try:
             key = signing.verify(path, rules.trusted_keys)
         except signing.VerificationError as e:
             raise ModelRefused(f"version {version} of model '{name}' is refused: {e}", "signature") from None
         log.info("%s version %d: signature verified with %s", name, version, key)
-    if rules.graph_scan == "off":
+    if rules.graph_scan == "off" or not scan:
         return
     findings = graph_scan.scan(read_meta_graph(path, tags), rules.allowed_ops(name))
     if not findings:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import os
 import re
 from collections.abc import Mapping
@@ -14,11 +12,12 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from tfprod.batching import Batcher, BatchingOptions, BatchStats
+from tfprod.batching import BatchingOptions, BatchStats
 from tfprod.config.model_config import ConfigError, read_batching_parameters
 from tfprod.core.manager import ServableId
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.export import read_metadata
+from tfprod.servables.base import Servable, SignatureRunner, freeze
 from tfprod.signature import Signature, TensorInfo
 
 MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
@@ -63,62 +62,6 @@ def signatures_of(meta_graph: meta_graph_pb2.MetaGraphDef) -> dict[str, Signatur
     }
 
 
-def _check_shape(info: TensorInfo, arr: np.ndarray) -> None:
-    if info.shape is None:
-        return
-    expected = info.shape
-    if len(expected) != arr.ndim or any(e not in (-1, a) for e, a in zip(expected, arr.shape, strict=True)):
-        raise invalid(f"input '{info.name}' has shape {list(arr.shape)} but the signature expects "
-                      f"{list(expected)} (-1: any size)")
-
-
-@dataclasses.dataclass
-class SavedModelServable:
-    id: ServableId
-    path: str
-    meta_graph: meta_graph_pb2.MetaGraphDef
-    signatures: dict[str, Signature]
-    _loaded: object
-    _functions: dict[str, object]
-    batcher: Batcher | None = None
-    audit: dict[str, Any] | None = None  # assets.extra/tfprod_metadata.json, when the export wrote one
-
-    def signature(self, name: str) -> Signature:
-        sig = self.signatures.get(name)
-        if sig is None or name not in self._functions:
-            raise invalid(f'Serving signature name: "{name}" not found in signature def')
-        return sig
-
-    def run(self, sig: Signature, inputs: Mapping[str, np.ndarray],
-            output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        sig.check_input_names(list(inputs))
-        for name, arr in inputs.items():
-            _check_shape(sig.inputs[name], arr)
-        outputs = output_filter or tuple(sig.outputs)
-        if self.batcher is not None:
-            return self.batcher.run(sig, inputs, outputs)
-        return self._call(sig, inputs, outputs)
-
-    def _call(self, sig: Signature, inputs: Mapping[str, np.ndarray],
-              outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-        fn = self._functions[sig.name]
-        try:
-            result = fn(**{k: tf.constant(v) for k, v in inputs.items()})  # type: ignore[operator]
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-            raise invalid(_tf_message(e)) from None
-        except tf.errors.OpError as e:
-            raise ServingError(Code(e.error_code), _tf_message(e)) from None
-        return {k: result[k].numpy() for k in outputs}
-
-    def unload(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-        self._functions.clear()
-        self._loaded = None
-        gc.unfreeze()  # the model's objects were frozen at load (see _freeze): free them now
-        _freeze()
-
-
 _NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|\s+File |\s*\[\[)")
 
 
@@ -135,7 +78,7 @@ BATCHING_PARAMS_FILE = "batching_params.pbtxt"
 
 def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"}),
          batching: BatchingOptions | None = None, per_model_batching: bool = False,
-         batch_stats: BatchStats | None = None) -> SavedModelServable:
+         batch_stats: BatchStats | None = None) -> Servable:
     """Load a version; with `batching`, its calls go through a Batcher (per-model parameters from
     the version's batching_params.pbtxt replace `batching` when `per_model_batching` is set)."""
     if not is_complete(path):
@@ -147,29 +90,39 @@ def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})
         raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {_tf_message(e)}") from None
     functions = dict(getattr(loaded, "signatures", {}))
     signatures = {k: v for k, v in signatures_of(meta_graph).items() if k in functions}
-    servable = SavedModelServable(sid, path, meta_graph, signatures, loaded, functions, audit=_audit(path))
-    if batching is not None and per_model_batching:  # TF Serving: the version's own file, or no batching
-        per_model = os.path.join(path, BATCHING_PARAMS_FILE)
-        try:
-            batching = read_batching_parameters(per_model) if os.path.isfile(per_model) else None
-        except ConfigError as e:
-            raise ServingError(Code.INVALID_ARGUMENT, str(e)) from None
-    if batching is not None:
-        servable.batcher = Batcher(sid.name, servable._call, batching, batch_stats)
-    _freeze()
+    runners = {name: _runner(fn) for name, fn in functions.items()}
+    servable = Servable(sid, path, meta_graph, signatures, runners, audit=audit(path), _model=loaded)
+    servable.batch_with(batching_for(path, batching, per_model_batching), batch_stats)
+    freeze()
     return servable
 
 
-def _audit(path: str) -> dict[str, Any] | None:
+def _runner(fn: Any) -> SignatureRunner:
+    def run(inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        try:
+            result = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+            raise invalid(_tf_message(e)) from None
+        except tf.errors.OpError as e:
+            raise ServingError(Code(e.error_code), _tf_message(e)) from None
+        return {k: result[k].numpy() for k in outputs}
+    return run
+
+
+def batching_for(path: str, batching: BatchingOptions | None, per_model: bool) -> BatchingOptions | None:
+    """The batching a version gets: with --enable_per_model_batching_parameters, the version's own
+    batching_params.pbtxt, or none (TF Serving's rule)."""
+    if batching is None or not per_model:
+        return batching
+    own = os.path.join(path, BATCHING_PARAMS_FILE)
+    try:
+        return read_batching_parameters(own) if os.path.isfile(own) else None
+    except ConfigError as e:
+        raise ServingError(Code.INVALID_ARGUMENT, str(e)) from None
+
+
+def audit(path: str) -> dict[str, Any] | None:
     try:
         return read_metadata(path)
     except (OSError, ValueError) as e:
         raise ServingError(Code.INVALID_ARGUMENT, f"unreadable audit metadata in {path}: {e}") from None
-
-
-def _freeze() -> None:
-    """Move every object alive now out of the collector's reach. A loaded TF model is a graph of
-    millions of Python objects that lives as long as the version; left in the oldest generation,
-    each full collection walks all of it and stalls every request for 100+ ms (the P99 tail)."""
-    gc.collect()
-    gc.freeze()
