@@ -245,6 +245,13 @@ def _warmup(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _convert(argv: Sequence[str]) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfprod.convert import main
+
+    return main(argv)
+
+
 def _security_tool(argv: Sequence[str], command: str) -> int:
     from tfprod.security.tools import main
 
@@ -253,18 +260,19 @@ def _security_tool(argv: Sequence[str], command: str) -> int:
 
 COMMANDS = {"serve": _serve, "demo": _demo, "inspect": _inspect, "migrate": _migrate, "warmup": _warmup,
             "sign": lambda a: _security_tool(a, "sign"), "verify": lambda a: _security_tool(a, "verify"),
-            "apikey": lambda a: _security_tool(a, "apikey")}
+            "apikey": lambda a: _security_tool(a, "apikey"), "convert": _convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: tfprod {serve,demo,inspect,migrate,warmup,sign,verify,apikey} [flags]\n\n"
+        print("usage: tfprod {serve,demo,inspect,migrate,warmup,convert,sign,verify,apikey} [flags]\n\n"
               "  serve   serve SavedModels with TF Serving's flags, REST API and config files\n"
               "  demo    train a digits classifier, export it under ./models/digits and serve it\n"
               "  inspect show a SavedModel's signatures, audit metadata and files (--json for machines)\n"
               "  migrate turn a .h5/.keras file into a SavedModel version (Keras safe mode)\n"
               "  warmup  write a version's warmup requests (TF Serving's format) from JSON requests\n"
+              "  convert convert a SavedModel version to TFLite (none/dynamic/float16/int8)\n"
               "  sign    sign a version directory (OpenSSF model-signing format, EC key)\n"
               "  verify  check a version directory's signature against public keys\n"
               "  apikey  make an API key and print its hashed entry for the security config\n\n"

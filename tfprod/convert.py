@@ -1,0 +1,217 @@
+"""`tfprod convert SAVED_MODEL_DIR --to tflite --quantize none|dynamic|float16|int8`.
+
+TensorFlow's own converter (`tf.lite.TFLiteConverter.from_saved_model`) does the work, keeping
+the SavedModel's signature names and aliases, so the server answers the same requests from the
+converted file. int8 needs a representative dataset: `.npy` (one input), `.npz` (arrays named as
+the inputs), `.csv` (one input, one row per example; a header row is skipped) or a TFRecord of
+tf.Examples (`.tfrecord`, features named as the inputs). The output goes to
+`SAVED_MODEL_DIR/model.tflite`, the layout TF Serving's `--prefer_tflite_model` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from tfprod.servables.saved_model import read_meta_graph, signatures_of
+from tfprod.servables.tflite import TFLITE_FILE
+from tfprod.signature import DEFAULT_SIGNATURE, Signature
+
+MODES = ("none", "dynamic", "float16", "int8")
+MAX_CALIBRATION_ROWS = 1000
+
+
+class ConversionError(Exception):
+    pass
+
+
+def representative_rows(path: str, sig: Signature, limit: int = MAX_CALIBRATION_ROWS) -> list[dict[str, np.ndarray]]:
+    """Calibration examples for `sig`, one row each (with a batch dimension of 1)."""
+    names = list(sig.inputs)
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        if len(names) != 1:
+            raise ConversionError(f"a .npy file holds one array, but signature '{sig.name}' has inputs {names}: "
+                                  "use a .npz with one array per input")
+        arrays = {names[0]: np.load(path, allow_pickle=False)}
+    elif lower.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [n for n in names if n not in npz.files]
+            if missing:
+                raise ConversionError(f"{path} lacks arrays for inputs {missing} (it has {npz.files})")
+            arrays = {n: npz[n] for n in names}
+    elif lower.endswith(".csv"):
+        if len(names) != 1:
+            raise ConversionError(f"a CSV file feeds one input, but signature '{sig.name}' has inputs {names}")
+        arrays = {names[0]: _read_csv(path)}
+    elif lower.endswith((".tfrecord", ".tfrecords")):
+        arrays = _read_examples(path, sig, limit)
+    else:
+        raise ConversionError(f"{path}: representative data must be .npy, .npz, .csv or .tfrecord")
+    rows = {len(a) for a in arrays.values()}
+    if len(rows) != 1 or 0 in rows:
+        raise ConversionError(f"{path}: every input needs the same, non-zero number of rows (got {sorted(rows)})")
+    out = []
+    for i in range(min(rows.pop(), limit)):
+        row = {}
+        for name, arr in arrays.items():
+            info = sig.inputs[name]
+            value = np.asarray(arr[i : i + 1], dtype=info.np_dtype)
+            if info.shape is not None and (len(info.shape) != value.ndim or any(
+                    e not in (-1, a) for e, a in zip(info.shape[1:], value.shape[1:], strict=True))):
+                raise ConversionError(f"{path}: input '{name}' rows have shape {list(value.shape[1:])}, the "
+                                      f"signature expects {list(info.shape[1:])}")
+            row[name] = value
+        out.append(row)
+    return out
+
+
+def _read_csv(path: str) -> np.ndarray:
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    try:
+        float(rows[0][0])
+    except (ValueError, IndexError):
+        rows = rows[1:]  # a header
+    try:
+        return np.array([[float(v) for v in r] for r in rows], np.float32)
+    except ValueError as e:
+        raise ConversionError(f"{path}: {e}") from None
+
+
+def _read_examples(path: str, sig: Signature, limit: int) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    features = {}
+    for name, info in sig.inputs.items():
+        shape = [d for d in (info.shape or ())[1:]]
+        if any(d < 0 for d in shape):
+            raise ConversionError(f"input '{name}' has a variable dimension: tf.Example calibration needs fixed "
+                                  "shapes; use .npy/.npz")
+        dtype = tf.float32 if info.np_dtype.kind == "f" else tf.int64 if info.np_dtype.kind in "iu" else tf.string
+        features[name] = tf.io.FixedLenFeature(shape, dtype)
+    columns: dict[str, list[np.ndarray]] = {n: [] for n in features}
+    try:
+        for record in tf.data.TFRecordDataset(path).take(limit):
+            parsed = tf.io.parse_single_example(record, features)
+            for n, v in parsed.items():
+                columns[n].append(v.numpy())
+    except tf.errors.OpError as e:
+        raise ConversionError(f"{path}: cannot read tf.Examples with features {sorted(features)}: {e.message}") \
+            from None
+    return {n: np.stack(v) if v else np.empty((0,)) for n, v in columns.items()}
+
+
+def convert(saved_model_dir: str, mode: str = "none", *, representative: str | None = None,
+            io_type: str | None = None, signature_keys: Sequence[str] | None = None) -> bytes:
+    """The .tflite flatbuffer of `saved_model_dir` in quantization `mode`."""
+    import tensorflow as tf
+
+    if mode not in MODES:
+        raise ConversionError(f"--quantize must be one of {', '.join(MODES)}, got {mode!r}")
+    signatures = signatures_of(read_meta_graph(saved_model_dir, frozenset({"serve"})))
+    keys = list(signature_keys or [k for k in signatures if not k.startswith("__")])
+    if mode == "int8" and not signature_keys and len(keys) > 1 and DEFAULT_SIGNATURE in keys:
+        keys = [DEFAULT_SIGNATURE]  # calibration data feeds one signature (Keras exports two names for it)
+    unknown = [k for k in keys if k not in signatures]
+    if unknown:
+        raise ConversionError(f"no signature {unknown} in {saved_model_dir} (it has {sorted(signatures)})")
+    if mode == "int8" and not representative:
+        raise ConversionError("int8 needs --representative FILE (.npy, .npz, .csv or .tfrecord of tf.Examples): "
+                              "calibration examples of the inputs")
+    if io_type and mode != "int8":
+        raise ConversionError("--io_type (int8/uint8 model inputs and outputs) needs --quantize int8")
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=keys)
+    if mode != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        assert representative is not None
+        if len(keys) != 1:
+            raise ConversionError(f"int8 calibrates one signature; pick it with --signature (found {keys})")
+        rows = representative_rows(representative, signatures[keys[0]])
+
+        def dataset() -> Iterator[Mapping[str, np.ndarray]]:
+            yield from rows
+        converter.representative_dataset = dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_type:
+            converter.inference_input_type = converter.inference_output_type = \
+                {"int8": tf.int8, "uint8": tf.uint8}[io_type]
+    try:
+        with warnings.catch_warnings():  # the calibrator runs TF's own (deprecated) interpreter: not ours to fix
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            flatbuffer = bytes(converter.convert())
+    except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
+        raise ConversionError(_explain(str(e), mode)) from None
+    if mode == "int8":
+        floats = float_ops(flatbuffer)
+        if floats:
+            raise ConversionError(f"int8 conversion failed: op(s) {', '.join(floats)} have no int8 kernel in TFLite "
+                                  "(the converter left them in float32, so the model is not fully integer). Try "
+                                  "--quantize dynamic or --quantize float16, which keep those ops in float.")
+    return flatbuffer
+
+
+def float_ops(flatbuffer: bytes) -> list[str]:
+    """The ops of a converted model that compute in float32 (QUANTIZE/DEQUANTIZE at the edges aside)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    dtypes = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+    found = set()
+    for op in interpreter._get_ops_details():  # no public API lists a model's ops
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        tensors = [i for i in (*op["inputs"], *op["outputs"]) if i >= 0]
+        if any(dtypes.get(i) == np.float32 for i in tensors):
+            found.add(op["op_name"])
+    return sorted(found)
+
+
+def _explain(message: str, mode: str) -> str:
+    ops = sorted(set(re.findall(r"'(?:tf|tfl)\.(\w+)' op", message)))
+    first = next((line.strip() for line in message.splitlines() if "error" in line.lower()), message.strip())
+    if mode == "int8" and ops:
+        return (f"int8 conversion failed: op(s) {', '.join(ops)} have no int8 kernel in TFLite. Try "
+                "--quantize dynamic or --quantize float16, which keep those ops in float. "
+                f"(converter: {first[:300]})")
+    return f"conversion failed: {first[:500]}"
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="tfprod convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("saved_model_dir", help="a SavedModel version directory")
+    p.add_argument("--to", choices=["tflite"], default="tflite")
+    p.add_argument("--quantize", choices=MODES, default="none")
+    p.add_argument("--representative", help="calibration data for int8: .npy, .npz, .csv or .tfrecord")
+    p.add_argument("--io_type", choices=["int8", "uint8"], help="int8 only: quantized model inputs and outputs "
+                   "(the server still takes and answers float32)")
+    p.add_argument("--signature", action="append", help="signature(s) to convert (default: all; int8: "
+                   f"{DEFAULT_SIGNATURE} when there are several)")
+    p.add_argument("--output", help=f"where to write (default: SAVED_MODEL_DIR/{TFLITE_FILE})")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.saved_model_dir):
+        print(f"tfprod convert: error: {args.saved_model_dir} is not a directory", file=sys.stderr)
+        return 1
+    try:
+        flatbuffer = convert(args.saved_model_dir, args.quantize, representative=args.representative,
+                             io_type=args.io_type, signature_keys=args.signature)
+    except (ConversionError, OSError) as e:
+        print(f"tfprod convert: error: {e}", file=sys.stderr)
+        return 1
+    output = args.output or os.path.join(args.saved_model_dir, TFLITE_FILE)
+    tmp = output + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(flatbuffer)
+    os.replace(tmp, output)  # a server polling the directory never sees half a file
+    print(f"wrote {output} ({len(flatbuffer):,} bytes, {args.quantize})")
+    return 0
