@@ -152,18 +152,22 @@ def run(options: ServerOptions) -> None:
     metrics = ServingMetrics()
     registry.register(metrics)
     guard = Guard(options.security, metrics)
-    def load(sid: ServableId, path: str) -> Servable:
+    def lite(path: str) -> bool:
         """model.tflite when it is all there is, or with --prefer_tflite_model (TF Serving's rule)."""
-        if tflite.has_tflite(path) and (options.prefer_tflite_model or not saved_model.is_complete(path)):
+        return tflite.has_tflite(path) and (options.prefer_tflite_model or not saved_model.is_complete(path))
+
+    def load(sid: ServableId, path: str) -> Servable:
+        if lite(path):
+            log.info("%s version %d: serving %s with LiteRT", sid.name, sid.version, tflite.TFLITE_FILE)
             return tflite.load(sid, path, options.tflite_num_threads,
                                saved_model.batching_for(path, options.batching, options.per_model_batching), metrics)
         return saved_model.load(sid, path, options.saved_model_tags, options.batching, options.per_model_batching,
                                 metrics)
 
     def load_and_warm(sid: ServableId, path: str) -> Servable:
-        lite = tflite.has_tflite(path) and (options.prefer_tflite_model or not saved_model.is_complete(path))
         try:
-            check_version(guard.config.models, sid.name, sid.version, path, options.saved_model_tags, scan=not lite)
+            check_version(guard.config.models, sid.name, sid.version, path, options.saved_model_tags,
+                          scan=not lite(path))
         except ModelRefused as e:
             metrics.record_refusal(sid.name, e.reason)
             raise

@@ -42,7 +42,6 @@ class Servable:
     _runners: dict[str, SignatureRunner]
     batcher: Batcher | None = None
     audit: dict[str, Any] | None = None  # assets.extra/tfprod_metadata.json, when the export wrote one
-    format: str = "saved_model"  # or "tflite"
     _model: object = None  # what keeps the model alive (TF's loaded object, interpreters) until unload
 
     def signature(self, name: str) -> Signature:

@@ -145,8 +145,7 @@ def load(sid: ServableId, path: str, num_threads: int = 1, batching: BatchingOpt
         runners[key] = _runner(pool, key, inputs, outputs)
     from tfprod.servables.saved_model import audit
 
-    servable = Servable(sid, path, _meta_graph(signatures), signatures, runners, audit=audit(path),
-                        format="tflite", _model=pool)
+    servable = Servable(sid, path, _meta_graph(signatures), signatures, runners, audit=audit(path), _model=pool)
     servable.batch_with(batching, batch_stats)
     freeze()
     return servable
