@@ -196,3 +196,60 @@ def test_conversion_errors_name_the_problem(digits: dict[str, Any], tmp_path: An
     with pytest.raises(ConversionError, match="io_type"):
         convert(digits["saved"], "dynamic", io_type="int8")
     assert os.path.isdir(digits["saved"])
+
+
+def test_report_measures_and_gives_verdicts(digits: dict[str, Any], tmp_path: Any) -> None:
+    np.save(tmp_path / "eval.npy", digits["x"])
+    np.save(tmp_path / "labels.npy", digits["y"])
+    out = subprocess.run([*TFPROD, "convert", digits["saved"], "--quantize", "dynamic,float16,int8",
+                          "--representative", str(digits["root"] / "rep.npy"), "--eval", str(tmp_path / "eval.npy"),
+                          "--labels", str(tmp_path / "labels.npy"), "--report", str(tmp_path / "report")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    verdicts = [line for line in out.stdout.splitlines() if line.startswith(("dynamic", "float16", "int8"))]
+    assert len(verdicts) == 3, out.stdout
+    for line in verdicts:
+        assert "size -60-75%:" in line and "speed 2-3x:" in line and "accuracy loss < 1 point:" in line, line
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = {cells[0]: cells for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in report.splitlines() if line.startswith("| "))}
+    for mode in ("none", "dynamic", "float16", "int8"):
+        flatbuffer = (tmp_path / "report" / f"model_{mode}.tflite").read_bytes()
+        assert table[mode][1] == f"{len(flatbuffer):,}"  # the size reported is the file's
+        got = litert(flatbuffer, digits["x"])  # agreement and accuracy, measured again here
+        assert table[mode][7] == f"{(got.argmax(1) == digits['expected'].argmax(1)).mean():.2%}"
+        assert table[mode][8] == f"{(got.argmax(1) == digits['y']).mean():.2%}"
+    assert table["SavedModel (TF)"][8] == f"{(digits['expected'].argmax(1) == digits['y']).mean():.2%}"
+
+
+def test_cnn_int8_targets(tmp_path: Any) -> None:
+    """A CNN with over 100k parameters: int8 is at most 30% of the float32 file, agrees with the
+    SavedModel on at least 99% of held-out digits and loses at most one accuracy point."""
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
+    tf.keras.utils.set_random_seed(1)
+    model = tf.keras.Sequential([
+        tf.keras.Input((8, 8, 1), name="image"),
+        tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        tf.keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(32, activation="relu"),
+        tf.keras.layers.Dense(10, activation="softmax"),
+    ])
+    assert model.count_params() >= 100_000
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x[:1400], y[:1400], epochs=4, batch_size=64, verbose=0)
+    saved = str(tmp_path / "cnn")
+    model.export(saved, verbose=False)
+    np.save(tmp_path / "rep.npy", x[:300])
+    float32 = convert(saved, "none")
+    int8 = convert(saved, "int8", representative=str(tmp_path / "rep.npy"))
+    assert len(int8) <= 0.30 * len(float32), (len(int8), len(float32))
+    held_out = x[1400:]
+    expected = model.predict(held_out, verbose=0)
+    runner = Interpreter(model_content=int8).get_signature_runner("serving_default")
+    got = np.concatenate([next(iter(runner(image=held_out[i:i + 1]).values())) for i in range(len(held_out))])
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.99  # measured: 100%, int8 26% of float32
+    loss = (expected.argmax(1) == y[1400:]).mean() - (got.argmax(1) == y[1400:]).mean()
+    assert loss <= 0.01, loss

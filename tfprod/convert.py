@@ -191,27 +191,74 @@ def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="tfprod convert", description=__doc__.split("\n\n")[0])
     p.add_argument("saved_model_dir", help="a SavedModel version directory")
     p.add_argument("--to", choices=["tflite"], default="tflite")
-    p.add_argument("--quantize", choices=MODES, default="none")
+    p.add_argument("--quantize", default="none", help=f"one of {', '.join(MODES)}; with --report, several "
+                   "separated by commas")
     p.add_argument("--representative", help="calibration data for int8: .npy, .npz, .csv or .tfrecord")
     p.add_argument("--io_type", choices=["int8", "uint8"], help="int8 only: quantized model inputs and outputs "
                    "(the server still takes and answers float32)")
     p.add_argument("--signature", action="append", help="signature(s) to convert (default: all; int8: "
                    f"{DEFAULT_SIGNATURE} when there are several)")
     p.add_argument("--output", help=f"where to write (default: SAVED_MODEL_DIR/{TFLITE_FILE})")
+    p.add_argument("--report", metavar="DIR", help="measure size, LiteRT vs TensorFlow latency and agreement per "
+                   "mode; write DIR/report.md, DIR/report.png and the converted files")
+    p.add_argument("--eval", help="evaluation inputs for --report (formats as --representative; default: the "
+                   "representative data)")
+    p.add_argument("--labels", help="labels of the evaluation rows (.npy of class ids) for accuracy")
     args = p.parse_args(argv)
-    if not os.path.isdir(args.saved_model_dir):
-        print(f"tfprod convert: error: {args.saved_model_dir} is not a directory", file=sys.stderr)
+    modes = [m.strip() for m in args.quantize.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if not os.path.isdir(args.saved_model_dir) or bad or not modes or (len(modes) > 1 and not args.report):
+        problem = (f"{args.saved_model_dir} is not a directory" if not os.path.isdir(args.saved_model_dir) else
+                   f"--quantize must name modes among {', '.join(MODES)}" if bad or not modes else
+                   "several --quantize modes need --report DIR (each file goes there)")
+        print(f"tfprod convert: error: {problem}", file=sys.stderr)
         return 1
     try:
-        flatbuffer = convert(args.saved_model_dir, args.quantize, representative=args.representative,
-                             io_type=args.io_type, signature_keys=args.signature)
+        files = {}
+        for mode in dict.fromkeys(["none", *modes] if args.report else modes):
+            files[mode] = convert(args.saved_model_dir, mode, representative=args.representative,
+                                  io_type=args.io_type if mode == "int8" else None, signature_keys=args.signature)
+        if args.report:
+            return _report(args, files)
     except (ConversionError, OSError) as e:
         print(f"tfprod convert: error: {e}", file=sys.stderr)
         return 1
+    flatbuffer = files[modes[0]]
     output = args.output or os.path.join(args.saved_model_dir, TFLITE_FILE)
-    tmp = output + ".tmp"
+    _write(output, flatbuffer)
+    print(f"wrote {output} ({len(flatbuffer):,} bytes, {modes[0]})")
+    return 0
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(flatbuffer)
-    os.replace(tmp, output)  # a server polling the directory never sees half a file
-    print(f"wrote {output} ({len(flatbuffer):,} bytes, {args.quantize})")
+        f.write(data)
+    os.replace(tmp, path)  # a server polling the directory never sees half a file
+
+
+def _report(args: argparse.Namespace, files: dict[str, bytes]) -> int:
+    from rich.console import Console
+
+    from tfprod import tflite_report
+
+    console = Console(stderr=True)
+    signatures = signatures_of(read_meta_graph(args.saved_model_dir, frozenset({"serve"})))
+    key = (args.signature or [DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in signatures else next(iter(signatures))])[0]
+    source = args.eval or args.representative
+    if not source:
+        raise ConversionError("--report needs evaluation inputs: --eval FILE (or --representative FILE)")
+    rows = representative_rows(source, signatures[key])
+    x = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+    labels = np.load(args.labels, allow_pickle=False) if args.labels else None
+    os.makedirs(args.report, exist_ok=True)
+    for mode, flatbuffer in files.items():
+        _write(os.path.join(args.report, f"model_{mode}.tflite"), flatbuffer)
+    with console.status("measuring") as status:
+        baseline, results = tflite_report.measure(args.saved_model_dir, signatures[key], files, x, labels,
+                                                  lambda what: status.update(f"measuring {what}"))
+    tflite_report.write(args.report, args.saved_model_dir, baseline, results)
+    for line in tflite_report.verdicts(baseline, results):
+        print(line.replace("**", ""))
+    print(f"wrote {args.report}/report.md, {args.report}/report.png and model_<mode>.tflite files")
     return 0

@@ -48,6 +48,10 @@ def train_and_export(base_path: str) -> tuple[str, float]:
     request = os.path.join(base_path, "request.json")
     with open(request, "w") as f:
         json.dump({"instances": x_test[:2].round(4).tolist()}, f)
+    # for `tfprod convert ... --report`: calibration rows, held-out rows and their labels
+    np.save(os.path.join(base_path, "calibration.npy"), x_train[:300])
+    np.save(os.path.join(base_path, "test_x.npy"), x_test)
+    np.save(os.path.join(base_path, "test_y.npy"), y_test)
     return request, accuracy
 
 
