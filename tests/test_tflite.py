@@ -158,6 +158,8 @@ def test_representative_data_formats(digits: dict[str, Any], kind: str) -> None:
     rows = representative_rows(str(digits["root"] / kind), sig)
     assert len(rows) == 300 and rows[0]["pixels"].shape == (1, 64)
     np.testing.assert_allclose(rows[7]["pixels"][0], np.load(digits["root"] / "rep.npy")[7], atol=1e-6)
+    int8 = convert(digits["saved"], "int8", representative=str(digits["root"] / kind))
+    assert int8 == digits["files"]["int8"]  # the same calibration rows give the same model
 
 
 def test_cli_converts_into_the_version_directory(digits: dict[str, Any], tmp_path: Any) -> None:
