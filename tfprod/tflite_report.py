@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tfprod.servables.tflite import dequantize, quantize
 from tfprod.signature import Signature
 
 LATENCY_RUNS = 50
@@ -53,17 +54,8 @@ def _litert(flatbuffer: bytes, key: str) -> Callable[[dict[str, np.ndarray]], np
     first_out = sorted(outputs)[0]
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        values = {}
-        for name, value in feed.items():
-            scale, zero = inputs[name]["quantization"]
-            dtype = np.dtype(inputs[name]["dtype"])
-            if scale and dtype.kind in "iu":
-                info = np.iinfo(dtype)
-                value = np.clip(np.round(value / scale + zero), info.min, info.max).astype(dtype)
-            values[name] = value
-        out = runner(**values)[first_out]
-        scale, zero = outputs[first_out]["quantization"]
-        return (out.astype(np.float32) - zero) * scale if scale and out.dtype.kind in "iu" else np.array(out)
+        out = runner(**{name: quantize(value, inputs[name]) for name, value in feed.items()})[first_out]
+        return dequantize(out, outputs[first_out])
     return run
 
 

@@ -64,6 +64,23 @@ def _quantization(detail: Mapping[str, Any]) -> tuple[float, int] | None:
     return None
 
 
+def quantize(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    """Real numbers -> what a LiteRT input tensor (`detail`) takes: its integer codes when it is
+    quantized, else its dtype."""
+    dtype = np.dtype(detail["dtype"])
+    q = _quantization(detail)
+    if q is None:
+        return np.ascontiguousarray(value, dtype=dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(value / q[0] + q[1]), info.min, info.max).astype(dtype)
+
+
+def dequantize(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    """A LiteRT output tensor's values as real numbers (a copy: interpreters reuse their buffers)."""
+    q = _quantization(detail)
+    return (value.astype(np.float32) - q[1]) * q[0] if q is not None else np.array(value)
+
+
 def _info(alias: str, detail: Mapping[str, Any]) -> TensorInfo:
     dtype = np.float32 if _quantization(detail) else np.dtype(detail["dtype"])
     shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
@@ -90,31 +107,14 @@ def _meta_graph(signatures: Mapping[str, Signature]) -> meta_graph_pb2.MetaGraph
 
 
 def _runner(pool: _Pool, key: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> SignatureRunner:
-    quantized_in = {alias: (q, np.dtype(d["dtype"])) for alias, d in inputs.items() if (q := _quantization(d))}
-    quantized_out = {alias: q for alias, d in outputs.items() if (q := _quantization(d))}
-    dtypes = {alias: np.dtype(d["dtype"]) for alias, d in inputs.items()}
-
-    def feed(alias: str, value: np.ndarray) -> np.ndarray:
-        if alias in quantized_in:
-            (scale, zero_point), dtype = quantized_in[alias]
-            info = np.iinfo(dtype)
-            return np.clip(np.round(value / scale + zero_point), info.min, info.max).astype(dtype)
-        return np.ascontiguousarray(value, dtype=dtypes[alias])
-
     def run(values: Mapping[str, np.ndarray], wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
         with pool.take() as interpreter:
             try:
-                result = interpreter.get_signature_runner(key)(**{k: feed(k, v) for k, v in values.items()})
+                result = interpreter.get_signature_runner(key)(
+                    **{k: quantize(v, inputs[k]) for k, v in values.items()})
             except (ValueError, RuntimeError) as e:
                 raise invalid(f"LiteRT: {e}") from None
-            answer = {}
-            for alias in wanted:
-                out = result[alias]
-                if alias in quantized_out:
-                    scale, zero_point = quantized_out[alias]
-                    out = (out.astype(np.float32) - zero_point) * scale
-                answer[alias] = np.array(out)  # the interpreter reuses its buffers
-            return answer
+            return {alias: dequantize(result[alias], outputs[alias]) for alias in wanted}
     return run
 
 
