@@ -255,3 +255,15 @@ def test_cnn_int8_targets(tmp_path: Any) -> None:
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.99  # measured: 100%, int8 26% of float32
     loss = (expected.argmax(1) == y[1400:]).mean() - (got.argmax(1) == y[1400:]).mean()
     assert loss <= 0.01, loss
+
+
+def test_inspect_reads_a_tflite_only_version(lite_server: ServerProcess, digits: dict[str, Any]) -> None:
+    version = digits["root"] / "served" / "int8_io" / "1"
+    out = subprocess.run([*TFPROD, "inspect", str(version.parent), "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["tflite_bytes"] == len(digits["files"]["int8_io"])
+    graph = doc["meta_graphs"][0]
+    assert graph["graph_scan"] is None
+    assert graph["signatures"]["serving_default"]["inputs"]["pixels"] == {"dtype": "DT_FLOAT", "shape": [-1, 64]}

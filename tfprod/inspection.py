@@ -17,16 +17,25 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tfprod.export import read_metadata
 from tfprod.security import graph_scan
 from tfprod.security.signing import SIGNATURE_FILE
+from tfprod.servables import tflite
+from tfprod.servables.tflite import TFLITE_FILE
 from tfprod.signature import DTYPES
+
+MODEL_FILES = ("saved_model.pb", TFLITE_FILE)
+
+
+def _has_model(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in MODEL_FILES)
 
 
 def _version_dir(path: str) -> str:
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if _has_model(path):
         return path
-    versions = sorted((int(d) for d in os.listdir(path) if d.isdigit() and
-                       os.path.isfile(os.path.join(path, d, "saved_model.pb"))), reverse=True)
+    versions = sorted((int(d) for d in os.listdir(path) if d.isdigit() and _has_model(os.path.join(path, d))),
+                      reverse=True)
     if not versions:
-        raise FileNotFoundError(f"{path} holds no saved_model.pb, and no numbered version directory with one")
+        raise FileNotFoundError(f"{path} holds no saved_model.pb or {TFLITE_FILE}, and no numbered version "
+                                "directory with one")
     return os.path.join(path, str(versions[0]))
 
 
@@ -39,8 +48,11 @@ def _tensor(info: Any) -> dict[str, Any]:
 def describe(path: str) -> dict[str, Any]:
     version_dir = _version_dir(path)
     saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
+    if os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
+        with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+            saved.ParseFromString(f.read())
+    else:  # only model.tflite: its signatures (the graph scan reads SavedModel graphs only)
+        saved.meta_graphs.add().CopyFrom(tflite.read_meta_graph(version_dir))
     meta_graphs = []
     for mg in saved.meta_graphs:
         meta_graphs.append({
@@ -51,14 +63,17 @@ def describe(path: str) -> dict[str, Any]:
                        "outputs": {k: _tensor(v) for k, v in sorted(sig.outputs.items())}}
                 for name, sig in sorted(mg.signature_def.items()) if not name.startswith("__")},
             # what the server's graph scan would say (docs/security.md): ops outside the allowlist
-            "graph_scan": [dataclasses.asdict(f) for f in graph_scan.scan(mg)],
+            "graph_scan": [dataclasses.asdict(f) for f in graph_scan.scan(mg)] if mg.graph_def.node or
+            mg.graph_def.library.function else None,
         })
     files = []
     for root, _, names in os.walk(version_dir):
         for name in sorted(names):
             full = os.path.join(root, name)
             files.append({"path": os.path.relpath(full, version_dir), "bytes": os.path.getsize(full)})
+    lite = os.path.join(version_dir, TFLITE_FILE)
     return {"path": os.path.abspath(version_dir), "meta_graphs": meta_graphs, "audit": read_metadata(version_dir),
+            "tflite_bytes": os.path.getsize(lite) if os.path.isfile(lite) else None,
             "signed": os.path.isfile(os.path.join(version_dir, SIGNATURE_FILE)),
             "files": sorted(files, key=lambda f: f["path"])}
 
@@ -79,7 +94,9 @@ def _show(doc: dict[str, Any]) -> None:
                     shape = "unknown rank" if t["shape"] is None else str(t["shape"])
                     table.add_row(kind[:-1], tname, t["dtype"], shape)
             console.print(table)
-        if mg["graph_scan"]:
+        if mg["graph_scan"] is None:
+            console.print(f"graph scan: n/a ({TFLITE_FILE} only)")
+        elif mg["graph_scan"]:
             table = Table(title=f"graph scan, tags {mg['tags']}: ops outside the allowlist", title_justify="left")
             for col in ("op", "reachable from", "why"):
                 table.add_column(col)
@@ -88,6 +105,9 @@ def _show(doc: dict[str, Any]) -> None:
             console.print(table)
         else:
             console.print(f"graph scan, tags {mg['tags']}: [green]clean[/green] (every reachable op is allowed)")
+    if doc["tflite_bytes"] is not None:
+        console.print(f"{TFLITE_FILE}: {doc['tflite_bytes']:,} bytes (LiteRT; `tfprod serve --prefer_tflite_model` "
+                      "serves it when a SavedModel is there too)")
     console.print("signature: " + (f"{SIGNATURE_FILE} present (check it with `tfprod verify`)" if doc["signed"]
                                    else "[yellow]unsigned[/yellow] (`tfprod sign` signs it)"))
     if doc["audit"] is None:

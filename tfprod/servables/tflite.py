@@ -118,6 +118,23 @@ def _runner(pool: _Pool, key: str, inputs: Mapping[str, Any], outputs: Mapping[s
     return run
 
 
+def _signatures(interpreter: Any) -> dict[str, Signature]:
+    signatures = {}
+    for key in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner(key)
+        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        signatures[key] = Signature(key, PREDICT_METHOD, {a: _info(a, d) for a, d in sorted(inputs.items())},
+                                    {a: _info(a, d) for a, d in sorted(outputs.items())})
+    return signatures
+
+
+def read_meta_graph(path: str) -> meta_graph_pb2.MetaGraphDef:
+    """The signatures of a version's model.tflite, as the metadata APIs and `tfprod inspect` show them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    return _meta_graph(_signatures(Interpreter(model_path=os.path.join(path, TFLITE_FILE))))
+
+
 def load(sid: ServableId, path: str, num_threads: int = 1, batching: BatchingOptions | None = None,
          batch_stats: BatchStats | None = None, pool_size: int | None = None) -> Servable:
     from ai_edge_litert.interpreter import Interpreter
@@ -136,13 +153,11 @@ def load(sid: ServableId, path: str, num_threads: int = 1, batching: BatchingOpt
         raise ServingError(Code.FAILED_PRECONDITION, f"{file} has no signatures: convert it with `tfprod convert`, "
                            "which keeps the SavedModel's signature names")
     pool = _Pool(make, first, pool_size or max(2, os.cpu_count() or 2))
-    signatures, runners = {}, {}
+    signatures = _signatures(first)
+    runners = {}
     for key in keys:
         runner = first.get_signature_runner(key)
-        inputs, outputs = runner.get_input_details(), runner.get_output_details()
-        signatures[key] = Signature(key, PREDICT_METHOD, {a: _info(a, d) for a, d in sorted(inputs.items())},
-                                    {a: _info(a, d) for a, d in sorted(outputs.items())})
-        runners[key] = _runner(pool, key, inputs, outputs)
+        runners[key] = _runner(pool, key, runner.get_input_details(), runner.get_output_details())
     from tfprod.servables.saved_model import audit
 
     servable = Servable(sid, path, _meta_graph(signatures), signatures, runners, audit=audit(path), _model=pool)
