@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection
 
+import ml_dtypes
 import numpy as np
 
 from tfprod.errors import invalid
@@ -26,6 +27,7 @@ DTYPES: dict[int, tuple[str, np.dtype]] = {
     9: ("DT_INT64", np.dtype(np.int64)),
     10: ("DT_BOOL", np.dtype(np.bool_)),
     17: ("DT_UINT16", np.dtype(np.uint16)),
+    14: ("DT_BFLOAT16", np.dtype(ml_dtypes.bfloat16)),
     19: ("DT_HALF", np.dtype(np.float16)),
     22: ("DT_UINT32", np.dtype(np.uint32)),
     23: ("DT_UINT64", np.dtype(np.uint64)),

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import orjson
 
@@ -145,6 +146,7 @@ def _string_array(value: Any, name: str) -> np.ndarray:
 
 
 _KIND_OK = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)  # numpy calls its kind "V"; JSON sends it as numbers
 
 
 def to_array(value: Any, info: TensorInfo) -> np.ndarray:
@@ -159,8 +161,9 @@ def to_array(value: Any, info: TensorInfo) -> np.ndarray:
     except (ValueError, OverflowError):
         raise invalid(f"Input '{info.name}': lists of unequal length (a ragged tensor), or a value that "
                       f"is not a {info.dtype_name} number") from None
-    if arr.size and arr.dtype.kind not in _KIND_OK[target.kind]:
-        bad = _first_bad(value, target.kind)
+    kind = "f" if target == _BFLOAT16 else target.kind
+    if arr.size and arr.dtype.kind not in _KIND_OK[kind]:
+        bad = _first_bad(value, kind)
         raise invalid(f"JSON Value: {_show(bad)} Type: {_type_name(bad)} is not of expected type: "
                       f"{info.dtype_name} (input '{info.name}')")
     if target.kind in "iu" and arr.size:
