@@ -356,6 +356,17 @@ def test_grpc_authentication_and_scopes(guarded_channel: grpc.Channel, model_dir
         expected(model_dir)
 
 
+def test_grpc_refuses_strangers_before_parsing_their_message(guarded_channel: grpc.Channel, model_dir: str) -> None:
+    raw = guarded_channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                      request_serializer=None, response_deserializer=None)
+    garbage = b"\xff\xff\xff\xff not a protobuf"
+    error = grpc_failure(lambda: raw(garbage, timeout=30))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED  # refused before the bytes were parsed
+    error = grpc_failure(lambda: raw(garbage, metadata=[("x-api-key", KEYS["scorer"])], timeout=30))
+    assert error.code() != grpc.StatusCode.UNAUTHENTICATED  # a known caller gets as far as the parser
+    assert grpc_predict(guarded_channel, [("x-api-key", KEYS["scorer"])]) == expected(model_dir)
+
+
 def test_grpc_v2_needs_credentials_too(guarded: ServerProcess, pki: dict[str, bytes], model_dir: str) -> None:
     from tfprod.protos import grpc_predict_v2_pb2 as pb
     from tfprod.protos import grpc_predict_v2_pb2_grpc as pb_grpc

@@ -219,7 +219,7 @@ def run(options: ServerOptions) -> None:
              lambda s: model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, s)),
             ("inference.GRPCInferenceService",
              lambda s: grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, s)),
-        ], ready=lambda: not core.not_ready())
+        ], ready=lambda: not core.not_ready(), interceptors=[grpc_api.CredentialsFirst(guard)])
 
     guard.watch()
     manager.start()

@@ -106,6 +106,31 @@ class Runner:
         raise AssertionError("unreachable: context.abort raises")
 
 
+class CredentialsFirst(grpc.aio.ServerInterceptor):
+    """Refuse calls without valid credentials before their message is deserialized: a stranger's
+    message is never parsed. The Runner then checks the caller's scope for the model."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        metadata = dict(details.invocation_metadata or ())  # type: ignore[attr-defined]
+        api = details.method.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+        try:
+            self._guard.check_credentials(_text(metadata.get("authorization")), _text(metadata.get("x-api-key")), api)
+        except ServingError as e:
+            message = cut(e.message)
+
+            async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            return grpc.unary_unary_rpc_method_handler(refuse)  # no deserializer: the bytes stay bytes
+        return await continuation(details)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
 def model_spec_of(request: Any, *, signature: bool = True) -> ModelSpec:
     if not request.HasField("model_spec"):
         raise invalid("Missing ModelSpec")

@@ -53,8 +53,9 @@ class GrpcServer:
     """Start, keep the health status current, and stop gracefully. Runs on the caller's loop."""
 
     def __init__(self, options: GrpcOptions, services: Sequence[tuple[str, Registrar]],
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
         self._options = options
+        self._interceptors = list(interceptors)
         self._services = services
         self._ready = ready
         self._server: grpc.aio.Server | None = None
@@ -70,7 +71,7 @@ class GrpcServer:
         options: dict[str, Any] = {"grpc.max_receive_message_length": _INT_MAX,
                                    "grpc.max_send_message_length": _INT_MAX}
         options.update(self._options.channel_arguments)  # gRPC keeps the first of repeated keys: merge instead
-        server = grpc.aio.server(options=list(options.items()))
+        server = grpc.aio.server(options=list(options.items()), interceptors=self._interceptors)
         for _, register in self._services:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -106,6 +106,17 @@ class Guard:
             raise
         self.permit(caller, model, api)
 
+    def check_credentials(self, authorization: str | None, api_key: str | None, api: str) -> None:
+        """Authentication alone, for a transport that knows the API but not yet the model (gRPC
+        before it reads the message). `admit` still decides on the model afterwards."""
+        if self._config.auth and api in ACTION_OF_API:
+            try:
+                self.authenticate(authorization, api_key, "")
+            except ServingError as e:
+                self._stats.record_refusal("", "unauthenticated")
+                self._warn(f"refused {api} over gRPC: {e.message}")
+                raise
+
     # -- authentication -------------------------------------------------------------------
 
     def authenticate(self, authorization: str | None, api_key: str | None, address: str) -> Caller:
