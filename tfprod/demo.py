@@ -68,14 +68,17 @@ def main(argv: Sequence[str]) -> int:
     print(f"  curl -s -d @{request} http://localhost:{args.rest_api_port}/v1/models/digits:predict\n")
     print(f"  curl -s http://localhost:{args.rest_api_port}/v1/models/digits/metadata\n")
     print(f"  curl -s http://localhost:{args.rest_api_port}/v2/models/digits      # the same model over KServe V2\n")
-    print("gRPC (TF Serving's PredictionService and V2's GRPCInferenceService) listens on localhost:8500.\n",
-          flush=True)
+    print("gRPC (TF Serving's PredictionService and V2's GRPCInferenceService) listens on localhost:8500.\n")
+    print("What TFLite quantization does to this model (sizes, speed, accuracy, verdicts):\n")
+    print(f"  tfprod convert {args.base_path}/1 --quantize dynamic,float16,int8 --representative "
+          f"{args.base_path}/calibration.npy --eval {args.base_path}/test_x.npy --labels {args.base_path}/test_y.npy "
+          "--report tflite-report\n", flush=True)
     if args.no_serve:
         return 0
     from tfprod.cli import main as cli
 
     return cli(["serve", "--model_name=digits", f"--model_base_path={args.base_path}",
-                f"--rest_api_port={args.rest_api_port}", "--port=8500"])
+                f"--rest_api_port={args.rest_api_port}", "--port=8500", "--host=127.0.0.1"])  # this machine only
 
 
 if __name__ == "__main__":
