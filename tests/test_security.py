@@ -474,6 +474,9 @@ def test_huge_shape_claims_are_400_without_allocating(guarded: ServerProcess, gu
 def test_tensor_elements_and_batch_rows_are_bounded(guarded: ServerProcess, model_dir: str) -> None:
     refused(predict(guarded, key("scorer"), body={"instances": [0.5] * 120_000}), 400, "max_tensor_elements")
     refused(predict(guarded, key("scorer"), body={"instances": [0.5] * 600}), 400, "max_batch_rows")
+    examples = {"signature_name": "classify_x_to_y", "examples": [{"x": 0.5}] * 600}
+    r = guarded.client.post("/v1/models/half_plus_two:classify", content=json.dumps(examples), headers=key("scorer"))
+    refused(r, 400, "'examples' has 600 rows", "max_batch_rows")
     r = predict(guarded, key("scorer"), body={"instances": [0.5] * 512})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 512
     assert_still_serving(guarded, model_dir)

@@ -8,10 +8,11 @@ and flag errors answer at once.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
@@ -218,49 +219,24 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _demo(argv: Sequence[str]) -> int:
-    from tfprod.demo import main
-
-    return main(argv)
-
-
-def _inspect(argv: Sequence[str]) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfprod.inspection import main
-
-    return main(argv)
+# The other commands: (module, function), imported only when the command runs.
+_LAZY = {
+    "demo": ("tfprod.demo", "main"), "inspect": ("tfprod.inspection", "main"), "migrate": ("tfprod.migrate", "main"),
+    "warmup": ("tfprod.warmup", "main"), "convert": ("tfprod.convert", "main"),
+    "sign": ("tfprod.security.tools", "sign"), "verify": ("tfprod.security.tools", "verify"),
+    "apikey": ("tfprod.security.tools", "apikey"),
+}
 
 
-def _migrate(argv: Sequence[str]) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfprod.migrate import main
-
-    return main(argv)
-
-
-def _warmup(argv: Sequence[str]) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfprod.warmup import main
-
-    return main(argv)
+def _lazy(command: str) -> Callable[[Sequence[str]], int]:
+    def run(argv: Sequence[str]) -> int:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        module, function = _LAZY[command]
+        return int(getattr(importlib.import_module(module), function)(argv))
+    return run
 
 
-def _convert(argv: Sequence[str]) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfprod.convert import main
-
-    return main(argv)
-
-
-def _security_tool(argv: Sequence[str], command: str) -> int:
-    from tfprod.security.tools import main
-
-    return main(command, argv)
-
-
-COMMANDS = {"serve": _serve, "demo": _demo, "inspect": _inspect, "migrate": _migrate, "warmup": _warmup,
-            "sign": lambda a: _security_tool(a, "sign"), "verify": lambda a: _security_tool(a, "verify"),
-            "apikey": lambda a: _security_tool(a, "apikey"), "convert": _convert}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"serve": _serve, **{c: _lazy(c) for c in _LAZY}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

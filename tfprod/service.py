@@ -45,12 +45,12 @@ class InputBounds:
     max_tensor_elements: int | None = None
     max_batch_rows: int | None = None
 
-    def check(self, name: str, arr: np.ndarray) -> None:
-        if self.max_tensor_elements is not None and arr.size > self.max_tensor_elements:
-            raise invalid(f"input '{name}' has {arr.size} elements; this server accepts at most "
+    def check(self, name: str, elements: int, rows: int | None) -> None:
+        if self.max_tensor_elements is not None and elements > self.max_tensor_elements:
+            raise invalid(f"input '{name}' has {elements} elements; this server accepts at most "
                           f"{self.max_tensor_elements} per tensor (max_tensor_elements)")
-        if self.max_batch_rows is not None and arr.ndim and arr.shape[0] > self.max_batch_rows:
-            raise invalid(f"input '{name}' has {arr.shape[0]} rows; this server accepts at most "
+        if self.max_batch_rows is not None and rows is not None and rows > self.max_batch_rows:
+            raise invalid(f"input '{name}' has {rows} rows; this server accepts at most "
                           f"{self.max_batch_rows} per request (max_batch_rows)")
 
 
@@ -69,13 +69,12 @@ class Service:
         def checked(sig: Signature) -> Mapping[str, np.ndarray]:
             inputs = decode(sig)
             for name, arr in inputs.items():
-                bounds.check(name, arr)
+                bounds.check(name, arr.size, arr.shape[0] if arr.ndim else None)
             return inputs
         return checked
 
     def _check_examples(self, examples: list[bytes]) -> None:
-        arr = np.empty(len(examples), dtype=object)
-        self._bounds.check("examples", arr)
+        self._bounds.check("examples", len(examples), len(examples))  # one serialized tf.Example per row
 
     def predict(self, spec: ModelSpec, decode: Decode, output_filter: OutputFilter = ()) -> Prediction:
         """Run a signature; `output_filter` names the outputs to return (all when empty), or is a

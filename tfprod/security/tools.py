@@ -10,9 +10,15 @@ import sys
 from collections.abc import Sequence
 
 
-def main(command: str, argv: Sequence[str]) -> int:
-    if command == "apikey":
-        return _apikey(argv)
+def sign(argv: Sequence[str]) -> int:
+    return _sign_or_verify("sign", argv)
+
+
+def verify(argv: Sequence[str]) -> int:
+    return _sign_or_verify("verify", argv)
+
+
+def _sign_or_verify(command: str, argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog=f"tfprod {command}", allow_abbrev=False, description=(
         "Sign a model version directory: writes VERSION_DIR/model.sig in the OpenSSF model-signing format"
         if command == "sign" else
@@ -48,7 +54,7 @@ def main(command: str, argv: Sequence[str]) -> int:
     return 0
 
 
-def _apikey(argv: Sequence[str]) -> int:
+def apikey(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="tfprod apikey", allow_abbrev=False, description=(
         "Make a new random API key. The key is printed once, for the caller; the config stores only its hash."))
     p.add_argument("name", help="the caller's name (logs, rate limits)")

@@ -17,7 +17,8 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from tfprod.batching import Batcher, BatchingOptions, BatchStats
 from tfprod.core.manager import ServableId
-from tfprod.errors import invalid
+from tfprod.errors import Code, ServingError, invalid
+from tfprod.export import read_metadata
 from tfprod.signature import Signature, TensorInfo
 
 # A signature's runner: inputs by alias -> the requested outputs by alias.
@@ -75,6 +76,14 @@ class Servable:
         self._model = None
         gc.unfreeze()  # the model's objects were frozen at load (see freeze): free them now
         freeze()
+
+
+def audit(path: str) -> dict[str, Any] | None:
+    """The version's audit metadata (assets.extra/tfprod_metadata.json), whatever its format."""
+    try:
+        return read_metadata(path)
+    except (OSError, ValueError) as e:
+        raise ServingError(Code.INVALID_ARGUMENT, f"unreadable audit metadata in {path}: {e}") from None
 
 
 def freeze() -> None:

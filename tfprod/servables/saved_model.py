@@ -16,8 +16,7 @@ from tfprod.batching import BatchingOptions, BatchStats
 from tfprod.config.model_config import ConfigError, read_batching_parameters
 from tfprod.core.manager import ServableId
 from tfprod.errors import Code, ServingError, invalid
-from tfprod.export import read_metadata
-from tfprod.servables.base import Servable, SignatureRunner, freeze
+from tfprod.servables.base import Servable, SignatureRunner, audit, freeze
 from tfprod.signature import Signature, TensorInfo
 
 MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
@@ -119,10 +118,3 @@ def batching_for(path: str, batching: BatchingOptions | None, per_model: bool) -
         return read_batching_parameters(own) if os.path.isfile(own) else None
     except ConfigError as e:
         raise ServingError(Code.INVALID_ARGUMENT, str(e)) from None
-
-
-def audit(path: str) -> dict[str, Any] | None:
-    try:
-        return read_metadata(path)
-    except (OSError, ValueError) as e:
-        raise ServingError(Code.INVALID_ARGUMENT, f"unreadable audit metadata in {path}: {e}") from None

@@ -22,7 +22,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tfprod.batching import BatchingOptions, BatchStats
 from tfprod.core.manager import ServableId
 from tfprod.errors import Code, ServingError, invalid
-from tfprod.servables.base import Servable, SignatureRunner, freeze
+from tfprod.servables.base import Servable, SignatureRunner, audit, freeze
 from tfprod.signature import PREDICT_METHOD, Signature, TensorInfo
 
 TFLITE_FILE = "model.tflite"
@@ -158,8 +158,6 @@ def load(sid: ServableId, path: str, num_threads: int = 1, batching: BatchingOpt
     for key in keys:
         runner = first.get_signature_runner(key)
         runners[key] = _runner(pool, key, runner.get_input_details(), runner.get_output_details())
-    from tfprod.servables.saved_model import audit
-
     servable = Servable(sid, path, _meta_graph(signatures), signatures, runners, audit=audit(path), _model=pool)
     servable.batch_with(batching, batch_stats)
     freeze()
