@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfprod.export import set_method_names
-from tfprod.signature import CLASSIFY_METHOD, REGRESS_METHOD
+from tfprod.signature import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
 
 
 class HalfPlusTwo(tf.Module):
@@ -177,3 +177,83 @@ def vocab_lookup(path: str, words: list[str]) -> VocabLookup:
     tf.saved_model.save(module, path, signatures={"serving_default": module.predict})
     os.remove(vocab)  # the SavedModel carries its own copy under assets/
     return module
+
+
+def tf1_half_plus_two(path: str, *, as_text: bool = False, legacy_init_op: bool = False,
+                      words: tuple[str, ...] = ("apple", "banana", "cherry")) -> None:
+    """TF Serving's classic test model as its users built it: a TF 1 graph written with
+    `tf.compat.v1.saved_model.Builder`. `x` is a `[None, 1]` placeholder, y = 0.5x + 2; the
+    classify/regress signatures read a *scalar*-declared serialized tf.Example (`tf.saved_model.load`
+    refuses such models), y2 = 0.5x + 3, y3 = 0.5x2 + 3; `lookup` maps words to ids through a table
+    initialized from the asset `assets/vocab.txt` by the main op (or, with `legacy_init_op`, by the
+    pre-TF-2 `legacy_init_op` collection). A second meta graph, tagged {serve, gpu}, serves y2 as
+    its `serving_default`. `as_text` writes saved_model.pbtxt."""
+    import tempfile
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    tf1 = tf.compat.v1
+    info = tf1.saved_model.utils.build_tensor_info
+    sig = tf1.saved_model.signature_def_utils.build_signature_def
+    with tempfile.TemporaryDirectory() as scratch, tf.Graph().as_default():
+        vocab = os.path.join(scratch, "vocab.txt")
+        with open(vocab, "w") as f:
+            f.write("\n".join(words) + "\n")
+        a, b, c = tf1.Variable(0.5, name="a"), tf1.Variable(2.0, name="b"), tf1.Variable(3.0, name="c")
+        x = tf1.placeholder(tf.float32, [None, 1], name="x")
+        y = tf.add(tf.multiply(a, x), b, name="y")
+        serialized = tf1.placeholder(tf.string, [], name="tf_example")
+        parsed = tf1.parse_example(serialized, {"x": tf1.FixedLenFeature([1], tf.float32),
+                                                "x2": tf1.FixedLenFeature([1], tf.float32, default_value=[0.0])})
+        y2 = tf.add(tf.multiply(a, parsed["x"]), c, name="y2")
+        y3 = tf.add(tf.multiply(a, parsed["x2"]), c, name="y3")
+        classes = tf.strings.regex_replace(tf.strings.as_string(y2), ".*", "half", replace_global=False,
+                                           name="classes")  # y2's shape as the graph computes it
+        asset = tf.constant(vocab, name="vocab_path")
+        tf1.add_to_collection(tf1.GraphKeys.ASSET_FILEPATHS, asset)
+        table = tf1.lookup.StaticHashTable(
+            tf1.lookup.TextFileInitializer(asset, tf.string, tf1.lookup.TextFileIndex.WHOLE_LINE,
+                                           tf.int64, tf1.lookup.TextFileIndex.LINE_NUMBER), -1)
+        word = tf1.placeholder(tf.string, [None], name="word")
+        ids = table.lookup(word)
+        x_only = tf1.placeholder(tf.float32, name="x_only")  # unknown rank
+        y_only = tf.add(tf.multiply(a, x_only), c, name="y_only")
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            builder = tf1.saved_model.Builder(path)
+            builder.add_meta_graph_and_variables(
+                sess, ["serve"], main_op=tf1.tables_initializer(),
+                assets_collection=tf1.get_collection(tf1.GraphKeys.ASSET_FILEPATHS),
+                signature_def_map={
+                    "serving_default": sig({"x": info(x)}, {"y": info(y)}, PREDICT_METHOD),
+                    "regress_x_to_y2": sig({"inputs": info(serialized)}, {"outputs": info(y2)}, REGRESS_METHOD),
+                    "regress_x2_to_y3": sig({"inputs": info(serialized)}, {"outputs": info(y3)}, REGRESS_METHOD),
+                    "classify_x_to_y2": sig({"inputs": info(serialized)},
+                                            {"scores": info(y2), "classes": info(classes)}, CLASSIFY_METHOD),
+                    "lookup": sig({"word": info(word)}, {"id": info(ids)}, PREDICT_METHOD),
+                    "unknown_rank": sig({"x": info(x_only)}, {"y": info(y_only)}, PREDICT_METHOD),
+                })
+            builder.add_meta_graph(["serve", "gpu"], signature_def_map={
+                "serving_default": sig({"x": info(x_only)}, {"y": info(y_only)}, PREDICT_METHOD)})
+            builder.save(as_text=as_text)
+    if legacy_init_op:  # what TF 1.x builders wrote before `main_op`
+        pb = os.path.join(path, "saved_model.pbtxt" if as_text else "saved_model.pb")
+        saved = saved_model_pb2.SavedModel()
+        if as_text:
+            from google.protobuf import text_format
+            with open(pb) as f:
+                text_format.Parse(f.read(), saved)
+        else:
+            with open(pb, "rb") as f:
+                saved.ParseFromString(f.read())
+        for meta_graph in saved.meta_graphs:
+            collections = meta_graph.collection_def
+            collections["legacy_init_op"].CopyFrom(collections["saved_model_main_op"])
+            del collections["saved_model_main_op"]
+        if as_text:
+            from google.protobuf import text_format
+            with open(pb, "w") as f:
+                f.write(text_format.MessageToString(saved))
+        else:
+            with open(pb, "wb") as f:
+                f.write(saved.SerializeToString())

@@ -15,6 +15,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import op_def_registry
 
 from tfprod import export
+from tfprod.format.saved_model import read_meta_graph
 from tfprod.security import graph_scan
 from tfprod.security.graph_scan import (
     FILES,
@@ -27,7 +28,6 @@ from tfprod.security.graph_scan import (
     reachable_ops,
     scan,
 )
-from tfprod.servables.saved_model import read_meta_graph
 
 SERVE = frozenset({"serve"})
 MetaGraph = meta_graph_pb2.MetaGraphDef

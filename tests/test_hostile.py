@@ -91,7 +91,8 @@ def test_cors_headers_and_preflight(server: ServerProcess) -> None:
 
 def test_many_bad_requests_then_good(server: ServerProcess) -> None:
     for i in range(50):
-        r = server.client.post("/v1/models/half_plus_two:predict", content=json.dumps({"instances": [[i] * (i % 3)]}))
+        ragged = [[i] * (i % 3 + 1), [i] * (i % 3 + 2)]  # rows of unequal length: no tensor at all
+        r = server.client.post("/v1/models/half_plus_two:predict", content=json.dumps({"instances": ragged}))
         assert r.status_code == 400
     assert_still_serving(server)
 

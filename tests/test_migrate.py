@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfprod.export import read_metadata
-from tfprod.migrate import MigrateError, migrate
+from tfprod.export.migrate import MigrateError, migrate
 
 
 def model(with_lambda: bool = False) -> tf.keras.Model:

@@ -22,7 +22,7 @@ from sklearn.datasets import load_digits
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfprod.convert import ConversionError, convert, representative_rows
-from tfprod.servables.saved_model import read_meta_graph, signatures_of
+from tfprod.format.saved_model import read_meta_graph, signatures_of
 
 # Largest |difference| from the SavedModel's softmax outputs, per mode (documented in docs/edge.md).
 TOLERANCE = {"none": 1e-5, "dynamic": 0.05, "float16": 0.01, "int8": 0.1}

@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import ServerProcess
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tfprod.warmup import WARMUP_FILE
+from tfprod.export.warmup import WARMUP_FILE
 
 
 def test_warmup_is_written_replayed_and_a_corrupt_file_refused(tmp_path: Any, start_server: Any) -> None:

@@ -96,6 +96,13 @@ def serve_parser() -> argparse.ArgumentParser:
               "model.tflite is served from it either way")
     models.add_argument("--tflite_num_threads", type=int, default=1,
                         help="threads each LiteRT interpreter uses (default: 1)")
+    models.add_argument("--tensorflow_session_parallelism", type=int, default=0,
+                        help="threads a SavedModel's Session runs ops on, intra- and inter-op alike, unless one of "
+                             "the two flags below is set (default: 0, TensorFlow's choice)")
+    models.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                        help="threads one op may use (default: 0, TensorFlow's choice)")
+    models.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                        help="ops a Session runs at once (default: 0, TensorFlow's choice)")
     _add_bool(models, "enable_signature_method_name_check", False,
               "classify/regress only on signatures whose method_name says so, as TF 1 servers did")
 
@@ -161,10 +168,16 @@ def _serve(argv: Sequence[str]) -> int:
                         else BatchingOptions())
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
-    from tfprod.migrate import keras_files_without_saved_model
+    from tfprod.export.migrate import keras_files_without_saved_model
 
     for m in models:
-        if keras := keras_files_without_saved_model(m.base_path):
+        keras = keras_files_without_saved_model(m.base_path)
+        if keras == [m.base_path]:
+            target = os.path.splitext(m.base_path)[0]
+            return _fail(f"model '{m.name}': {m.base_path} is a Keras file, not a directory of SavedModel versions, "
+                         f"and it carries no serving signatures: convert it with `tfprod migrate {m.base_path} "
+                         f"{target}`, then serve --model_base_path={target}")
+        if keras:
             return _fail(f"model '{m.name}': {m.base_path} holds Keras files ({', '.join(keras[:3])}), not "
                          f"SavedModels, and they carry no serving signatures: convert with `tfprod migrate "
                          f"{keras[0]} {m.base_path}`")
@@ -192,6 +205,7 @@ def _serve(argv: Sequence[str]) -> int:
             per_model_batching=args.enable_per_model_batching_parameters,
             prefer_tflite_model=args.prefer_tflite_model,
             tflite_num_threads=max(1, args.tflite_num_threads),
+            session_threads=_session_threads(args),
             rest=RestOptions(
                 timeout_s=args.rest_api_timeout_in_ms / 1000,
                 enable_cors=args.rest_api_enable_cors_support,
@@ -214,6 +228,16 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _session_threads(args: argparse.Namespace) -> tuple[int, int]:
+    """(intra, inter) as tensorflow_model_server derives them: the two specific flags win over
+    --tensorflow_session_parallelism when either is set."""
+    intra, inter = max(args.tensorflow_intra_op_parallelism, 0), max(args.tensorflow_inter_op_parallelism, 0)
+    if intra or inter:
+        return intra, inter
+    both = max(args.tensorflow_session_parallelism, 0)
+    return both, both
+
+
 def _fail(message: str) -> int:
     print(f"tfprod serve: error: {message}", file=sys.stderr)
     return 1
@@ -221,8 +245,9 @@ def _fail(message: str) -> int:
 
 # The other commands: (module, function), imported only when the command runs.
 _LAZY = {
-    "demo": ("tfprod.demo", "main"), "inspect": ("tfprod.inspection", "main"), "migrate": ("tfprod.migrate", "main"),
-    "warmup": ("tfprod.warmup", "main"), "convert": ("tfprod.convert", "main"),
+    "demo": ("tfprod.demo", "main"), "inspect": ("tfprod.export.inspect", "main"),
+    "migrate": ("tfprod.export.migrate", "main"), "warmup": ("tfprod.export.warmup", "main"),
+    "convert": ("tfprod.convert", "main"),
     "sign": ("tfprod.security.tools", "sign"), "verify": ("tfprod.security.tools", "verify"),
     "apikey": ("tfprod.security.tools", "apikey"),
 }

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from tfprod.servables.saved_model import read_meta_graph, signatures_of
+from tfprod.format.saved_model import read_meta_graph, signatures_of
 from tfprod.servables.tflite import TFLITE_FILE
 from tfprod.signature import DEFAULT_SIGNATURE, Signature
 

@@ -18,9 +18,9 @@ from typing import Any
 import uvicorn
 import uvloop
 from prometheus_client.registry import CollectorRegistry
+from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from tfprod import warmup
 from tfprod.api import grpc_api
 from tfprod.api.grpc_server import GrpcOptions, GrpcServer
 from tfprod.api.rest import RestApi, RestOptions
@@ -30,13 +30,15 @@ from tfprod.config.model_config import ModelConfig, SslOptions
 from tfprod.core.manager import Manager, ManagerOptions, ServableId
 from tfprod.core.source import FileSystemSource, SourceOptions
 from tfprod.errors import Code, ServingError
+from tfprod.export import warmup
+from tfprod.format.saved_model import is_complete
 from tfprod.metrics import ServingMetrics
 from tfprod.protos import grpc_predict_v2_pb2_grpc
 from tfprod.security.admission import ModelRefused, check_version
 from tfprod.security.config import SecurityConfig, TlsOptions
 from tfprod.security.guard import Guard
 from tfprod.servables import saved_model, tflite
-from tfprod.servables.base import Servable
+from tfprod.servables.base import Servable, freeze_heap
 from tfprod.server_core import ServerCore
 from tfprod.service import InputBounds, Service
 
@@ -63,6 +65,7 @@ class ServerOptions:
     num_request_iterations_for_warmup: int = 1
     prefer_tflite_model: bool = False
     tflite_num_threads: int = 1
+    session_threads: tuple[int, int] = (0, 0)  # a Session's (intra-op, inter-op) threads; 0: TensorFlow's choice
     rest: RestOptions = RestOptions()
     grpc: GrpcOptions = GrpcOptions()
     security: SecurityConfig = SecurityConfig()
@@ -78,11 +81,22 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcServer | None) -> None:
+async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcServer | None,
+                 core: ServerCore) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # TF Serving builds its ServerCore, loading the initial config's models, before it opens a port:
+    # a client never hears NOT_FOUND for a model that is in the config and about to load.
+    if not core.initial_load_settled():
+        log.info("loading the configured models before opening the ports")
+    while not core.initial_load_settled():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.02)
+        if stop.is_set():
+            log.info("stopped before the configured models loaded")
+            return
     waits: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     rest = None
     if grpc_server is not None:
@@ -152,9 +166,12 @@ def run(options: ServerOptions) -> None:
     metrics = ServingMetrics()
     registry.register(metrics)
     guard = Guard(options.security, metrics)
+    intra, inter = options.session_threads
+    session_config = config_pb2.ConfigProto(intra_op_parallelism_threads=intra, inter_op_parallelism_threads=inter)
+
     def lite(path: str) -> bool:
         """model.tflite when it is all there is, or with --prefer_tflite_model (TF Serving's rule)."""
-        return tflite.has_tflite(path) and (options.prefer_tflite_model or not saved_model.is_complete(path))
+        return tflite.has_tflite(path) and (options.prefer_tflite_model or not is_complete(path))
 
     def load(sid: ServableId, path: str) -> Servable:
         if lite(path):
@@ -162,7 +179,7 @@ def run(options: ServerOptions) -> None:
             return tflite.load(sid, path, options.tflite_num_threads,
                                saved_model.batching_for(path, options.batching, options.per_model_batching), metrics)
         return saved_model.load(sid, path, options.saved_model_tags, options.batching, options.per_model_batching,
-                                metrics)
+                                metrics, session_config)
 
     def load_and_warm(sid: ServableId, path: str) -> Servable:
         try:
@@ -197,7 +214,7 @@ def run(options: ServerOptions) -> None:
         ),
     )
     source = FileSystemSource(manager.set_aspired_versions,
-                              lambda path: saved_model.is_complete(path) or tflite.has_tflite(path),
+                              lambda path: is_complete(path) or tflite.has_tflite(path),
                               SourceOptions(poll_wait_s=options.file_system_poll_wait_seconds))
     core = ServerCore(manager, source, options.allow_version_labels_for_unavailable_models)
     limits = options.security.limits
@@ -221,6 +238,7 @@ def run(options: ServerOptions) -> None:
              lambda s: grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, s)),
         ], ready=lambda: not core.not_ready(), interceptors=[grpc_api.CredentialsFirst(guard)])
 
+    freeze_heap()  # before the first load: see freeze_heap
     guard.watch()
     manager.start()
     core.apply(options.models)
@@ -229,7 +247,7 @@ def run(options: ServerOptions) -> None:
         core.poll_config_file(options.model_config_file, options.model_config_file_poll_wait_seconds)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop: REST's fast path
-            runner.run(_serve(options, app, grpc_server))
+            runner.run(_serve(options, app, grpc_server, core))
     finally:
         log.info("shutting down: unloading models")
         guard.stop()

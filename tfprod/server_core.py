@@ -131,6 +131,21 @@ class ServerCore:
             detail = "".join(f"{{{{{n}}} due to error: {e.message}}}, " for n, e in failed.items())
             raise ServingError(Code.UNKNOWN, f"{len(failed)} model(s) did not become available: {{{detail}}}")
 
+    def initial_load_settled(self) -> bool:
+        """Every served model has an AVAILABLE version, or all its versions ended (in error), or the
+        source found none to offer: the moment TF Serving opens its ports (it blocks on a model with
+        no versions and exits on a failed one; tfprod opens them and reports both in /readyz)."""
+        for m in self._models:
+            statuses = self._manager.status(m.name)
+            if any(s.state is State.AVAILABLE for s in statuses):
+                continue
+            if statuses and all(s.state is State.END for s in statuses):
+                continue
+            if not statuses and self._source.nothing_to_offer(m.name):
+                continue
+            return False
+        return True
+
     def not_ready(self) -> list[str]:
         """Configured models with no AVAILABLE version yet."""
         return [m.name for m in self._models if not self._manager.available_versions(m.name)]

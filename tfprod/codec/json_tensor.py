@@ -281,7 +281,7 @@ def _jsonable(arr: np.ndarray, name: str) -> Any:
         return np.frompyfunc(conv, 1, 1)(arr).tolist() if arr.ndim else conv(arr.item())
     if arr.dtype.kind not in "fiub":
         arr = arr.astype(np.float32)  # bfloat16 and friends
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr) if arr.ndim else arr[()]  # a scalar stays one (ascontiguousarray makes it [x])
 
 
 def _has_non_finite(value: Any) -> bool:

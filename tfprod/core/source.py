@@ -83,6 +83,8 @@ class FileSystemSource:
         self._seen: dict[str, Fingerprint] = {}  # version dir -> fingerprint at the last scan
         self._sent: dict[str, list[AspiredVersion]] = {}  # model -> the last aspired list sent
         self._missing_logged: set[str] = set()
+        self._scanned: set[str] = set()  # models scanned at least once since they were watched
+        self._settling: set[str] = set()  # models whose chosen versions are still being written
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,10 +94,17 @@ class FileSystemSource:
         with self._lock:  # serialized with poll(): a scan in progress cannot revive a dropped model
             dropped = [name for name in self._watches if name not in {w.name for w in watches}]
             self._watches = {w.name: w for w in watches}
+            self._scanned &= set(self._watches)
             for name in dropped:
                 self._sent.pop(name, None)
                 self._callback(name, [])
         self._wake.set()
+
+    def nothing_to_offer(self, name: str) -> bool:
+        """True once a scan of `name` found no version to offer: none there, none complete, or none
+        the version policy chose; False while a chosen version is still being written."""
+        with self._lock:
+            return name in self._scanned and name not in self._settling and not self._sent.get(name)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tfprod-source", daemon=True)
@@ -148,8 +157,11 @@ class FileSystemSource:
                     if self._seen.get(path) != now[path]:
                         settling.add(version)
                 chosen = select(watch.policy, complete)
+                self._scanned.add(watch.name)
+                self._settling.discard(watch.name)
                 if settling.intersection(chosen):
                     unsettled = True
+                    self._settling.add(watch.name)
                     aspired = self._sent.get(watch.name, [])
                 else:
                     aspired = [AspiredVersion(v, complete[v]) for v in chosen]

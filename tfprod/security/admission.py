@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 
 from tfprod.errors import Code, ServingError
+from tfprod.format.saved_model import read_meta_graph
 from tfprod.security import graph_scan, signing
 from tfprod.security.config import ModelRules
-from tfprod.servables.saved_model import read_meta_graph
 
 log = logging.getLogger("tfprod.security")
 

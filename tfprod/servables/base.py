@@ -1,7 +1,7 @@
 """What the server holds for one loaded model version, whatever its format.
 
 A `Servable` knows its signatures and runs one of them on numpy arrays, through its batcher when
-it has one. The formats differ only in the runners they give it: TensorFlow's concrete functions
+it has one. The formats differ only in the runners they give it: a TensorFlow Session
 (`saved_model.py`) or LiteRT interpreters (`tflite.py`).
 """
 
@@ -18,20 +18,11 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tfprod.batching import Batcher, BatchingOptions, BatchStats
 from tfprod.core.manager import ServableId
 from tfprod.errors import Code, ServingError, invalid
-from tfprod.export import read_metadata
-from tfprod.signature import Signature, TensorInfo
+from tfprod.format.audit import read_metadata
+from tfprod.signature import Signature
 
 # A signature's runner: inputs by alias -> the requested outputs by alias.
 SignatureRunner = Callable[[Mapping[str, np.ndarray], tuple[str, ...]], dict[str, np.ndarray]]
-
-
-def _check_shape(info: TensorInfo, arr: np.ndarray) -> None:
-    if info.shape is None:
-        return
-    expected = info.shape
-    if len(expected) != arr.ndim or any(e not in (-1, a) for e, a in zip(expected, arr.shape, strict=True)):
-        raise invalid(f"input '{info.name}' has shape {list(arr.shape)} but the signature expects "
-                      f"{list(expected)} (-1: any size)")
 
 
 @dataclasses.dataclass
@@ -43,7 +34,8 @@ class Servable:
     _runners: dict[str, SignatureRunner]
     batcher: Batcher | None = None
     audit: dict[str, Any] | None = None  # assets.extra/tfprod_metadata.json, when the export wrote one
-    _model: object = None  # what keeps the model alive (TF's loaded object, interpreters) until unload
+    _model: object = None  # what keeps the model alive (TF's session, interpreters) until unload
+    _close: Callable[[], None] | None = None  # releases what _model holds outside Python
 
     def signature(self, name: str) -> Signature:
         sig = self.signatures.get(name)
@@ -53,9 +45,7 @@ class Servable:
 
     def run(self, sig: Signature, inputs: Mapping[str, np.ndarray],
             output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        sig.check_input_names(list(inputs))
-        for name, arr in inputs.items():
-            _check_shape(sig.inputs[name], arr)
+        sig.check_input_names(list(inputs))  # shapes are the runtime's to judge, as in TF Serving
         outputs = output_filter or tuple(sig.outputs)
         if self.batcher is not None:
             return self.batcher.run(sig, inputs, outputs)
@@ -73,9 +63,10 @@ class Servable:
         if self.batcher is not None:
             self.batcher.close()
         self._runners.clear()
+        if self._close is not None:
+            self._close()
         self._model = None
-        gc.unfreeze()  # the model's objects were frozen at load (see freeze): free them now
-        freeze()
+        gc.collect()  # a graph's Python objects form cycles; cheap while the rest is frozen (freeze_heap)
 
 
 def audit(path: str) -> dict[str, Any] | None:
@@ -86,9 +77,12 @@ def audit(path: str) -> dict[str, Any] | None:
         raise ServingError(Code.INVALID_ARGUMENT, f"unreadable audit metadata in {path}: {e}") from None
 
 
-def freeze() -> None:
-    """Move every object alive now out of the collector's reach. A loaded TF model is a graph of
-    millions of Python objects that lives as long as the version; left in the oldest generation,
-    each full collection walks all of it and stalls every request for 100+ ms (the P99 tail)."""
+def freeze_heap() -> None:
+    """Move every object alive now (TensorFlow's and the server's own: ~360k after `import
+    tensorflow`) out of the collector's reach, once, before any model loads. Left in the oldest
+    generation, each full collection would walk all of them while holding the GIL and stall every
+    request for 100+ ms. A version loaded as a Session adds only a few hundred Python objects, so
+    what stays collectable stays cheap to collect, at load, at unload and in between."""
     gc.collect()
     gc.freeze()
+

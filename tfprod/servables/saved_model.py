@@ -1,65 +1,32 @@
-"""The SavedModel loader and servable: the only place that runs TensorFlow for a request."""
+"""The SavedModel loader: a TensorFlow Session over the version's MetaGraph, run as TF Serving runs it.
+
+TF Serving loads a SavedModelBundle (the MetaGraphDef and a Session over its graph) and runs a
+signature by feeding the signature's input tensor names and fetching its output tensor names. It
+never compares a fed shape with the shape written in the signature: the graph's ops decide what
+they accept (a `[3]` tensor fed to a `[-1, 1]` placeholder runs). TF1 and TF2 SavedModels load the
+same way here, which also loads TF1 models that `tf.saved_model.load` refuses (a scalar-declared
+serialized tf.Example input), and runs their assets, `main_op`/`legacy_init_op` and TF2 init ops.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow.python.saved_model import loader_impl
 
 from tfprod.batching import BatchingOptions, BatchStats
 from tfprod.config.model_config import ConfigError, read_batching_parameters
 from tfprod.core.manager import ServableId
 from tfprod.errors import Code, ServingError, invalid
-from tfprod.servables.base import Servable, SignatureRunner, audit, freeze
-from tfprod.signature import Signature, TensorInfo
-
-MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-
-
-def is_complete(path: str) -> bool:
-    """A version directory is worth loading once its graph file is there (written last)."""
-    return any(os.path.isfile(os.path.join(path, f)) for f in MODEL_FILES)
-
-
-def read_meta_graph(path: str, tags: frozenset[str]) -> meta_graph_pb2.MetaGraphDef:
-    saved = saved_model_pb2.SavedModel()
-    pb = os.path.join(path, "saved_model.pb")
-    if os.path.isfile(pb):
-        with open(pb, "rb") as f:
-            saved.ParseFromString(f.read())
-    else:
-        with open(os.path.join(path, "saved_model.pbtxt")) as f:
-            text_format.Parse(f.read(), saved)
-    for meta_graph in saved.meta_graphs:
-        if set(meta_graph.meta_info_def.tags) == tags:
-            return meta_graph
-    found = [sorted(m.meta_info_def.tags) for m in saved.meta_graphs]
-    raise ServingError(Code.NOT_FOUND, f"Could not find meta graph def matching supplied tags: "
-                       f"{{ {' '.join(sorted(tags))} }}. Tag sets in the SavedModel: {found}")
-
-
-def _tensor_info(alias: str, info: meta_graph_pb2.TensorInfo) -> TensorInfo:
-    shape = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
-    return TensorInfo(alias, info.dtype, shape)
-
-
-def signatures_of(meta_graph: meta_graph_pb2.MetaGraphDef) -> dict[str, Signature]:
-    return {
-        name: Signature(
-            name,
-            sig.method_name,
-            {k: _tensor_info(k, v) for k, v in sorted(sig.inputs.items())},
-            {k: _tensor_info(k, v) for k, v in sorted(sig.outputs.items())},
-        )
-        for name, sig in meta_graph.signature_def.items()
-    }
-
+from tfprod.format.saved_model import is_complete, read_meta_graph, signatures_of
+from tfprod.servables.base import Servable, SignatureRunner, audit
 
 _NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|\s+File |\s*\[\[)")
 
@@ -73,39 +40,80 @@ def _tf_message(e: Exception) -> str:
 
 
 BATCHING_PARAMS_FILE = "batching_params.pbtxt"
+_MAX_CALLABLES = 64  # per version: one per (signature, requested outputs) seen, oldest dropped first
+
+
+class _Session:
+    """One version's Session, and a C++ callable (Session::MakeCallable) per signature and set of
+    outputs. The public `Session.make_callable` re-checks every feed's shape in Python on each
+    call — the very check TF Serving does not make — so callables are made from CallableOptions,
+    which feed numpy arrays straight to the runtime. Session runs are thread-safe."""
+
+    def __init__(self, session: tf.compat.v1.Session, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
+        self._session = session
+        self._defs = meta_graph.signature_def
+        self._callables: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._lock = threading.Lock()
+
+    def _callable(self, name: str, outputs: tuple[str, ...]) -> Any:
+        key = (name, outputs)
+        fn = self._callables.get(key)
+        if fn is None:
+            sig = self._defs[name]
+            options = config_pb2.CallableOptions(feed=[sig.inputs[k].name for k in sorted(sig.inputs)],
+                                                 fetch=[sig.outputs[k].name for k in outputs])
+            with self._lock:
+                fn = self._callables.get(key)
+                if fn is None:
+                    if len(self._callables) >= _MAX_CALLABLES:
+                        self._callables.pop(next(iter(self._callables)))
+                    fn = self._callables[key] = self._session._make_callable_from_options(options)
+        return fn
+
+    def runner(self, name: str) -> SignatureRunner:
+        aliases = sorted(self._defs[name].inputs)
+
+        def run(inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+            try:
+                values = self._callable(name, outputs)(*(inputs[k] for k in aliases))
+            except tf.errors.InvalidArgumentError as e:
+                raise invalid(_tf_message(e)) from None
+            except tf.errors.OpError as e:
+                raise ServingError(Code(e.error_code), _tf_message(e)) from None
+            except (ValueError, TypeError) as e:  # a feed numpy cannot hand to TF (e.g. ragged objects)
+                raise invalid(_tf_message(e)) from None
+            return {k: np.asarray(v) for k, v in zip(outputs, values, strict=True)}  # scalars come as numpy scalars
+        return run
+
+    def close(self) -> None:
+        self._callables.clear()  # each releases its handle while the session is still open
+        self._session.close()
 
 
 def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"}),
          batching: BatchingOptions | None = None, per_model_batching: bool = False,
-         batch_stats: BatchStats | None = None) -> Servable:
+         batch_stats: BatchStats | None = None,
+         session_config: config_pb2.ConfigProto | None = None) -> Servable:
     """Load a version; with `batching`, its calls go through a Batcher (per-model parameters from
     the version's batching_params.pbtxt replace `batching` when `per_model_batching` is set)."""
     if not is_complete(path):
         raise ServingError(Code.NOT_FOUND, f"No SavedModel (saved_model.pb) in {path}")
-    meta_graph = read_meta_graph(path, tags)
+    meta_graph = read_meta_graph(path, tags)  # first: TF Serving's message for a missing tag set
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=session_config)
     try:
-        loaded = tf.saved_model.load(path, tags=sorted(tags))
+        with graph.as_default():
+            loader_impl.SavedModelLoader(path).load(session, sorted(tags))
     except Exception as e:  # TF raises many types for corrupt or incompatible models
+        session.close()
         raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {_tf_message(e)}") from None
-    functions = dict(getattr(loaded, "signatures", {}))
-    signatures = {k: v for k, v in signatures_of(meta_graph).items() if k in functions}
-    runners = {name: _runner(fn) for name, fn in functions.items()}
-    servable = Servable(sid, path, meta_graph, signatures, runners, audit=audit(path), _model=loaded)
+    model = _Session(session, meta_graph)
+    signatures = signatures_of(meta_graph)
+    runners = {name: model.runner(name) for name in signatures}
+    servable = Servable(sid, path, meta_graph, signatures, runners, audit=audit(path), _model=model,
+                        _close=model.close)
     servable.batch_with(batching_for(path, batching, per_model_batching), batch_stats)
-    freeze()
     return servable
-
-
-def _runner(fn: Any) -> SignatureRunner:
-    def run(inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-        try:
-            result = fn(**{k: tf.constant(v) for k, v in inputs.items()})
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-            raise invalid(_tf_message(e)) from None
-        except tf.errors.OpError as e:
-            raise ServingError(Code(e.error_code), _tf_message(e)) from None
-        return {k: result[k].numpy() for k in outputs}
-    return run
 
 
 def batching_for(path: str, batching: BatchingOptions | None, per_model: bool) -> BatchingOptions | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tfprod.export import read_metadata
+from tfprod.format.audit import read_metadata
 from tfprod.security import graph_scan
 from tfprod.security.signing import SIGNATURE_FILE
 from tfprod.servables import tflite

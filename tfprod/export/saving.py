@@ -29,8 +29,7 @@ import jsonschema
 import numpy as np
 
 from tfprod import __version__
-
-METADATA_FILE = os.path.join("assets.extra", "tfprod_metadata.json")
+from tfprod.format.audit import METADATA_FILE
 
 METADATA_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -73,14 +72,6 @@ def validate_metadata(metadata: Mapping[str, Any]) -> None:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ExportError(f"audit metadata is invalid at {where}: {e.message}") from None
 
-
-def read_metadata(version_dir: str) -> dict[str, Any] | None:
-    path = os.path.join(version_dir, METADATA_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        doc: dict[str, Any] = json.load(f)
-    return doc
 
 
 Endpoint = tuple[Callable[..., Any], Sequence[Any]]  # (function, input_signature of tf.TensorSpec)
@@ -174,10 +165,10 @@ def _keras_input_spec(model: Any) -> Any:
 
 
 def _write_warmup(path: str, docs: Sequence[Mapping[str, Any]]) -> None:
-    from tfprod import warmup
     from tfprod.codec import json_tensor
     from tfprod.errors import ServingError
-    from tfprod.servables.saved_model import read_meta_graph, signatures_of
+    from tfprod.export import warmup
+    from tfprod.format.saved_model import read_meta_graph, signatures_of
 
     signatures = signatures_of(read_meta_graph(path, frozenset({"serve"})))
     requests = []

@@ -18,6 +18,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from tfprod.codec import example, tensor_proto
 from tfprod.errors import Code, ServingError
+from tfprod.servables.base import Servable
+from tfprod.service import classify_on, regress_on
 from tfprod.signature import DEFAULT_SIGNATURE
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -45,7 +47,7 @@ def write(version_dir: str, requests: Sequence[tuple[str, Mapping[str, np.ndarra
     return path
 
 
-def replay(version_dir: str, servable: object, iterations: int) -> tuple[int, float] | None:
+def replay(version_dir: str, servable: Servable, iterations: int) -> tuple[int, float] | None:
     """Replay the version's warmup file `iterations` times; (records, seconds), or None without one."""
     import tensorflow as tf
 
@@ -71,19 +73,17 @@ def replay(version_dir: str, servable: object, iterations: int) -> tuple[int, fl
     return len(records), time.perf_counter() - started
 
 
-def _run(servable: object, log: prediction_log_pb2.PredictionLog, index: int, path: str) -> None:
-    from tfprod.service import classify_on, regress_on  # late: service imports the servable module
-
+def _run(servable: Servable, log: prediction_log_pb2.PredictionLog, index: int, path: str) -> None:
     kind = log.WhichOneof("log_type")
     try:
         if kind == "predict_log":
             request = log.predict_log.request
-            sig = servable.signature(request.model_spec.signature_name or DEFAULT_SIGNATURE)  # type: ignore[attr-defined]
-            servable.run(sig, tensor_proto.to_inputs(request.inputs, sig), tuple(request.output_filter))  # type: ignore[attr-defined]
+            sig = servable.signature(request.model_spec.signature_name or DEFAULT_SIGNATURE)
+            servable.run(sig, tensor_proto.to_inputs(request.inputs, sig), tuple(request.output_filter))
         elif kind in ("classify_log", "regress_log"):
             request = getattr(log, kind).request
             run = classify_on if kind == "classify_log" else regress_on
-            run(servable, request.model_spec.signature_name or DEFAULT_SIGNATURE,  # type: ignore[arg-type]
+            run(servable, request.model_spec.signature_name or DEFAULT_SIGNATURE,
                 example.examples_from_input(request.input))
         else:
             raise ServingError(Code.UNIMPLEMENTED, f"unsupported log type {kind!r}")
@@ -98,7 +98,7 @@ def main(argv: Sequence[str]) -> int:
     import sys
 
     from tfprod.codec import json_tensor
-    from tfprod.servables.saved_model import read_meta_graph, signatures_of
+    from tfprod.format.saved_model import read_meta_graph, signatures_of
 
     p = argparse.ArgumentParser(prog="tfprod warmup", description=main.__doc__)
     p.add_argument("version_dir", help="the SavedModel version directory to warm up")

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tfprod.format.saved_model import is_complete
+
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
@@ -74,7 +76,9 @@ def migrate(source: str, base_path: str, version: int | None = None,
 
 def keras_files_without_saved_model(base_path: str) -> list[str]:
     """Keras files in a base path (or its version directories) that hold no SavedModel: what a user
-    who points the server at .h5 files has."""
+    who points the server at .h5 files has; `[base_path]` when it is such a file itself."""
+    if os.path.isfile(base_path) and base_path.endswith(KERAS_SUFFIXES):
+        return [base_path]
     if not os.path.isdir(base_path):
         return []
     found = []
@@ -82,7 +86,7 @@ def keras_files_without_saved_model(base_path: str) -> list[str]:
         full = os.path.join(base_path, entry)
         if entry.endswith(KERAS_SUFFIXES):
             found.append(full)
-        elif entry.isdigit() and os.path.isdir(full) and not os.path.isfile(os.path.join(full, "saved_model.pb")):
+        elif entry.isdigit() and os.path.isdir(full) and not is_complete(full):
             found += [os.path.join(full, f) for f in sorted(os.listdir(full)) if f.endswith(KERAS_SUFFIXES)]
     return found
 
