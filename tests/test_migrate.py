@@ -45,6 +45,21 @@ def test_lambda_layers_are_refused_not_run(tmp_path: Any, suffix: str) -> None:
     assert not os.path.exists(tmp_path / "served" / "1")
 
 
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_a_base_path_that_is_a_keras_file_gets_the_migrate_command(tmp_path: Any, suffix: str) -> None:
+    source = tmp_path / f"credit{suffix}"
+    model().save(str(source))
+    result = subprocess.run([sys.executable, "-m", "tfprod", "serve", "--rest_api_port=1", "--model_name=credit",
+                             f"--model_base_path={source}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"{source} is a Keras file" in result.stderr
+    assert f"tfprod migrate {source} {tmp_path / 'credit'}`, then serve --model_base_path={tmp_path / 'credit'}" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+    migrate(str(source), str(tmp_path / "credit"))  # the command it names works
+    assert os.path.isfile(tmp_path / "credit" / "1" / "saved_model.pb")
+
+
 def test_serve_refuses_keras_files_and_names_migrate(tmp_path: Any) -> None:
     base = tmp_path / "m"
     base.mkdir()

@@ -49,13 +49,73 @@ def parse_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
 Registrar = Callable[[grpc.aio.Server], None]
 
 
+class _Drain(grpc.aio.ServerInterceptor):
+    """Counts the unary calls in progress from the moment their headers arrive (interceptors run
+    before a message is read) and, once draining, answers new ones UNAVAILABLE, which clients retry.
+    grpc.aio's own stop cancels a call whose message is still arriving; stopping only once no call
+    is in progress means a call accepted before SIGTERM completes and one after it is told to go
+    elsewhere, never CANCELLED."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.last_call = 0.0  # loop time of the latest call seen
+        self._counts = {"accepted": 0, "refused": 0}
+        self._idle = {kind: asyncio.Event() for kind in self._counts}
+        for event in self._idle.values():
+            event.set()
+
+    def _track(self, kind: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        self._counts[kind] += 1
+        self._idle[kind].clear()
+
+        async def tracked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await handler(request, context)
+            finally:
+                self._counts[kind] -= 1
+                if not self._counts[kind]:
+                    self._idle[kind].set()
+        return tracked
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        self.last_call = asyncio.get_running_loop().time()
+        if self.draining:
+            async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry")
+            # no deserializer: the message is not parsed
+            return grpc.unary_unary_rpc_method_handler(self._track("refused", refuse))
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:  # streams (health Watch) may outlive any drain
+            return handler
+        return handler._replace(unary_unary=self._track("accepted", handler.unary_unary))
+
+    async def wait_idle(self, kind: str, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle[kind].wait(), max(timeout_s, 0))
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_quiet(self, quiet_s: float, timeout_s: float) -> None:
+        """Until no refusal is in progress and no call came for `quiet_s`: calls queued inside gRPC
+        (headers in, not yet handed to the application) are refused here rather than cancelled by
+        the stop. Bounded: under endless traffic the stop comes after `timeout_s` all the same."""
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + timeout_s
+        while clock() < deadline:
+            if self._idle["refused"].is_set() and clock() - self.last_call >= quiet_s:
+                return
+            await asyncio.sleep(0.01)
+
+
 class GrpcServer:
     """Start, keep the health status current, and stop gracefully. Runs on the caller's loop."""
 
     def __init__(self, options: GrpcOptions, services: Sequence[tuple[str, Registrar]],
                  ready: Callable[[], bool], interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
         self._options = options
-        self._interceptors = list(interceptors)
+        self._drain = _Drain()
+        self._interceptors = [self._drain, *interceptors]
         self._services = services
         self._ready = ready
         self._server: grpc.aio.Server | None = None
@@ -109,10 +169,16 @@ class GrpcServer:
             await asyncio.sleep(0.5)
 
     async def stop(self, grace_s: float) -> None:
-        """Refuse new calls, let calls in flight finish (up to grace_s), then close."""
+        """Refuse new calls (UNAVAILABLE), let the accepted ones finish (up to grace_s), then close."""
         if self._server is None:
             return
         if self._watcher is not None:
             self._watcher.cancel()
+        self._drain.draining = True
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace_s)
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + grace_s
+        if not await self._drain.wait_idle("accepted", grace_s):
+            log.warning("gRPC calls still running after %.0f s: stopping anyway", grace_s)
+        await self._drain.wait_quiet(0.1, min(deadline - clock(), 2.0))
+        await self._server.stop(max(deadline - clock(), 0.5))
