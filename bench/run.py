@@ -7,8 +7,9 @@ tfprod REST and gRPC with batching off and on, tfprod V2 REST, tfprod with every
 (API key, rate rule, bounds; then also TLS), the same HTTP stack's no-op endpoint
 (this machine's ceiling), a plain Flask + TensorFlow server (the usual first server), and MLServer
 (a peer from PyPI, run from its own virtualenv, `--no-peer` skips it). HTTP load comes from `wrk`;
-gRPC load from a multi-process client of tensorflow-serving-api's stubs. Prints a table with ratios
-to tfprod (REST, batching on), checks the targets, and writes docs/performance_results.md and
+gRPC load from a multi-process client of tensorflow-serving-api's stubs. Then the model call alone per
+signature-call path (bench/calls.py) and latency through version swaps (bench/swap.py). Prints a table
+with ratios to tfprod (REST, batching on), checks the targets, and writes docs/performance_results.md and
 docs/bench.png. Numbers from one run are comparable with each other only.
 """
 
@@ -424,13 +425,21 @@ def main(argv: Sequence[str]) -> int:
                         progress.advance(task)
             finally:
                 server.stop()
+    progress_note = console.status("model calls per signature-call path; latency through version swaps")
+    with progress_note:
+        sys.path.insert(0, HERE)
+        import calls
+        import swap
+
+        extra = {"calls": {m: calls.measure(f"{models}/{m}/1", "pixels", 64) for m in ("digits", "cnn")},
+                 "swap": swap.measure(f"{models}/digits/1")}
     shutil.rmtree(work, ignore_errors=True)
-    report(console, Table, results, connections, args)
+    report(console, Table, results, connections, args, extra)
     return 0
 
 
 def report(console: Any, table_cls: Any, results: dict[str, dict[int, dict[str, float]]],
-           connections: list[int], args: argparse.Namespace) -> None:
+           connections: list[int], args: argparse.Namespace, extra: dict[str, Any]) -> None:
     ref = results["tfprod REST batching"]
     table = table_cls(title="digits MLP unless noted; ratios to tfprod REST batching at the same concurrency")
     for col in ("system", "conc", "req/s", "× tfprod", "P50 ms", "P99 ms", "errors", "RSS MB"):
@@ -465,6 +474,24 @@ def report(console: Any, table_cls: Any, results: dict[str, dict[int, dict[str, 
         ok = "met" if value >= need else ("n/a" if value != value else "MISSED")
         console.print(f"  {label}: {value:.2f} (need ≥ {need}) [{'green' if ok == 'met' else 'red'}]{ok}")
         lines.append(f"| {label} | {value:.2f} | ≥ {need} | {ok} |")
+    lines += ["", "Model call alone, per signature-call path (bench/calls.py; median µs per call, in-process):", "",
+              "| model | path | batch 1 | batch 32 | batch 256 |", "|---|---|---|---|---|"]
+    for model, rows in extra["calls"].items():
+        for path in dict.fromkeys(p for p, _, _ in rows):
+            cells = [f"{us:.0f}" for p, _, us in rows if p == path]
+            lines.append(f"| {model} | {path} | " + " | ".join(cells) + " |")
+            console.print(f"  {model} {path}: " + " / ".join(cells) + " µs at batch 1 / 32 / 256")
+    sw = extra["swap"]
+    lines += ["", f"Latency through {sw['versions']} version swaps (bench/swap.py; 2 clients, one-row REST predicts):",
+              "", "| phase | requests | P50 ms | P99 ms | P99.9 ms | max ms | failed |",
+              "|---|---|---|---|---|---|---|"]
+    for phase in ("steady", "swaps"):
+        r = sw[phase]
+        lines.append(f"| {phase} | {r['requests']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | "
+                     f"{r['max']:.1f} | {r['failed']} |")
+    ok = "met" if sw["p99_ratio"] <= 2 and not sw["swaps"]["failed"] else "MISSED"
+    lines.append(f"\nP99 during swaps / steady P99: {sw['p99_ratio']:.2f} (target ≤ 2, 0 failed): {ok}")
+    console.print(f"  P99 during swaps / steady: {sw['p99_ratio']:.2f} (need ≤ 2, 0 failed) {ok}")
     os.makedirs(args.out, exist_ok=True)
     command = "make bench" if not args.no_peer else "make bench BENCH_ARGS=--no-peer"
     with open(os.path.join(args.out, "performance_results.md"), "w") as f:
