@@ -115,19 +115,23 @@ class Load:
     def __init__(self, url: str, model: str, threads: int = 4, max_s: float = 15) -> None:
         self.url, self.model, self.max_s = url, model, max_s
         self.stop_event = threading.Event()
-        # Per thread: (status code, predictions or error text) in order of completion.
+        # Per thread: (status code, predictions or error text) in order of completion, and latencies (ms).
         self.results: list[list[tuple[int, object]]] = [[] for _ in range(threads)]
+        self.latencies_ms: list[list[float]] = [[] for _ in range(threads)]
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def _run(self, i: int) -> None:
         deadline = time.monotonic() + self.max_s
         with httpx.Client(base_url=self.url, timeout=10) as client:
             while not self.stop_event.is_set() and time.monotonic() < deadline:
+                started = time.monotonic()
                 try:
                     r = predict(client, self.model)
                 except httpx.HTTPError as e:
                     self.results[i].append((-1, repr(e)))
                     continue
+                finally:
+                    self.latencies_ms[i].append((time.monotonic() - started) * 1e3)
                 body = r.json()
                 self.results[i].append((r.status_code, body.get("predictions", body)))
 
@@ -212,11 +216,12 @@ def disk(start_server, model_dir: str, tmp_path_factory: pytest.TempPathFactory)
     return DiskServer(server, root, model_dir)
 
 
-def test_hot_swap_under_concurrent_load_has_no_failed_requests(disk: DiskServer) -> None:
+def test_hot_swap_under_concurrent_load_has_no_failed_requests(disk: DiskServer, capsys) -> None:  # type: ignore[no-untyped-def]
     client, base = disk.server.client, disk.base("hot")
     assert predictions(client, "hot") == V_HALF
     with Load(disk.server.url, "hot") as load:
         run_load_until(load, lambda: load.count() >= 20, 10, "load to start")
+        before = [len(ms) for ms in load.latencies_ms]
         saved_models.publish(x2(disk.model_dir), str(base), 2)
         run_load_until(load, lambda: load.seen(V_X2), 12, "answers from version 2")
         shutil.rmtree(base / "1")
@@ -225,6 +230,12 @@ def test_hot_swap_under_concurrent_load_has_no_failed_requests(disk: DiskServer)
         time.sleep(1.5)  # a poll interval with version 1 gone from disk
     assert load.failures() == []
     assert load.count() >= 100
+    steady = sorted(ms for i, per in enumerate(load.latencies_ms) for ms in per[:before[i]])
+    swapping = sorted(ms for i, per in enumerate(load.latencies_ms) for ms in per[before[i]:])
+    with capsys.disabled():  # reported, not asserted: timings on a shared 2-core machine are noise
+        print(f"\n[swap stall] before the swap: median {steady[len(steady) // 2]:.1f} ms, max {steady[-1]:.1f} ms; "
+              f"through it: median {swapping[len(swapping) // 2]:.1f} ms, max {swapping[-1]:.1f} ms "
+              f"({len(swapping)} requests, 4 clients)")
     for per_thread in load.results:
         answers = [body for _, body in per_thread]
         assert answers and answers[0] == V_HALF
