@@ -70,6 +70,24 @@ def test_padding_rows_are_dropped_and_shapes_wait_for_their_own_batch() -> None:
     assert got[2]["rows"].tolist() == [4]  # the [1, 3] row ran alone, padded, instead of failing the others
 
 
+def test_with_padding_only_equal_ranks_share_a_batch() -> None:
+    """Since shapes are the model's to judge, a caller may send any rank: with
+    pad_variable_length_inputs, rows of other ranks run in a batch of their own, so one odd
+    request cannot fail the callers it would have been padded with."""
+    model = Model()
+    batcher = Batcher("m", model, BatchingOptions(max_batch_size=8, batch_timeout_micros=300_000,
+                                                  num_batch_threads=1, pad_variable_length_inputs=True))
+    inputs = [np.ones((1, 2), np.float32), np.ones((1, 3), np.float32), np.ones((1, 2, 2), np.float32)]
+    got = run_together(batcher, inputs)
+    batcher.close()
+    np.testing.assert_array_equal(got[0]["y"], [[2.0, 2.0, 2.0]])  # padded with its first element, as TF Serving
+    assert got[0]["rows"].tolist() == [2] and got[1]["rows"].tolist() == [2]  # [1, 2] padded beside [1, 3]
+    np.testing.assert_array_equal(got[1]["y"], 2 * inputs[1])
+    assert got[2]["rows"].tolist() == [1]  # rank 3 ran alone
+    np.testing.assert_array_equal(got[2]["y"], 2 * inputs[2])
+    assert sorted(model.batches) == [1, 2]
+
+
 def test_too_large_without_splitting_and_a_full_queue_are_refused() -> None:
     release = threading.Event()
 

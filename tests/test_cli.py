@@ -66,6 +66,9 @@ def test_absl_negative_booleans() -> None:
     pytest.param(["--rest_api_port=8501", "--model_config_file=/does/not/exist"], "cannot read --model_config_file",
                  id="missing-config"),
     pytest.param(["--rest_api_port=8501", "--rest_api_timeout_in_ms=soon"], "invalid int value", id="bad-int"),
+    pytest.param(["--rest_api_port=8501", "--model_base_path=/tmp/x", "--tensorflow_session_parallelism=2",
+                  "--tensorflow_intra_op_parallelism=2", "--tensorflow_inter_op_parallelism=2"],
+                 "You cannot configure all.", id="all-three-parallelisms"),
 ])
 def test_startup_errors_are_clear(args: list[str], message: str) -> None:
     result = tfprod("serve", *args)

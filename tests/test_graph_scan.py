@@ -193,7 +193,8 @@ def _node(ref: str) -> str:
 
 
 def test_signature_function_from_the_object_graph_is_scanned(read_file_model: MetaGraph) -> None:
-    """tf.saved_model.load serves signatures from the object graph, not from signature_def."""
+    """tf.saved_model.load (tfprod convert, users' scripts) serves signatures from the object graph,
+    not from signature_def."""
     tampered = MetaGraph()
     tampered.CopyFrom(read_file_model)
     outputs = tampered.signature_def["serving_default"].outputs
@@ -243,7 +244,8 @@ def test_init_op_reading_a_file_is_found(text_file_table: MetaGraph) -> None:
 
 
 def test_resource_initializer_from_the_object_graph_is_scanned(text_file_table: MetaGraph) -> None:
-    """tf.saved_model.load runs each resource's initializer function itself, not the init op."""
+    """tf.saved_model.load (not the server's Session) runs each resource's initializer function
+    itself, not the init op."""
     tampered = MetaGraph()
     tampered.CopyFrom(text_file_table)
     del tampered.signature_def["__saved_model_init_op"]

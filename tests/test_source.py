@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def version(base: Path, n: str, with_graph: bool = True) -> Path:
 
 def make(tmp_path: Path, policy: Latest | All | None = None) -> tuple[FileSystemSource, Recorder]:
     recorder = Recorder()
-    source = FileSystemSource(recorder, complete, SourceOptions(poll_wait_s=1))
+    source = FileSystemSource(recorder, complete, SourceOptions(poll_wait_s=1, settle_s=0))  # two scans settle
     source.set_watches([Watch("m", str(tmp_path), policy or Latest())])
     return source, recorder
 
@@ -43,6 +44,17 @@ def test_version_is_offered_once_settled(tmp_path: Path) -> None:
     source, rec = make(tmp_path)
     version(tmp_path, "1")
     assert source.poll() is True and rec.last["m"] == []  # first sighting: settling
+    assert source.poll() is False and rec.last["m"] == [1]
+
+
+def test_settling_takes_settle_s_however_soon_the_next_scan_comes(tmp_path: Path) -> None:
+    rec = Recorder()
+    source = FileSystemSource(rec, complete, SourceOptions(poll_wait_s=1, settle_s=0.3))
+    source.set_watches([Watch("m", str(tmp_path), Latest())])
+    version(tmp_path, "1")
+    assert source.poll() is True and source.poll() is True and rec.last["m"] == []  # unchanged, but not for 0.3 s
+    assert not source.nothing_to_offer("m")  # a version is on its way
+    time.sleep(0.35)
     assert source.poll() is False and rec.last["m"] == [1]
 
 
@@ -121,7 +133,7 @@ def test_serving_versions_are_held_while_their_successor_settles(tmp_path: Path)
 
 def test_models_sharing_a_base_path_both_wait_for_settling(tmp_path: Path) -> None:
     rec = Recorder()
-    source = FileSystemSource(rec, complete, SourceOptions())
+    source = FileSystemSource(rec, complete, SourceOptions(settle_s=0))
     source.set_watches([Watch("a", str(tmp_path), Latest()), Watch("b", str(tmp_path), Latest())])
     d = version(tmp_path, "1")
     for i in range(3):

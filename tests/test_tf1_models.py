@@ -156,12 +156,30 @@ def test_classify_and_regress_on_scalar_example_input(server, stub, base) -> Non
     assert [k.classes[0].score for k in results[1].classification_result.classifications] == want_y2.ravel().tolist()
 
 
+def test_v2_infer_on_the_tf1_model(server, base) -> None:  # type: ignore[no-untyped-def]
+    """V2 keeps its own rule (shapes checked against the metadata, as Triton does): [3, 1] fits [-1, 1]."""
+    r = server.client.post("/v2/models/half_plus_two/infer", json={"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [3, 1], "data": [1.0, 2.0, 5.0]}]})
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    expected = tf1_run(os.path.join(base, "2"), "serving_default", {"x": np.array([[1], [2], [5]], np.float32)})
+    assert (out["name"], out["shape"], out["data"]) == ("y", [3, 1], expected["y"].ravel().tolist())
+
+
 @pytest.mark.parametrize("version", [1, 2], ids=["main_op", "legacy_init_op"])
 def test_assets_and_init_ops_run_at_load(server, version) -> None:  # type: ignore[no-untyped-def]
     r = server.client.post(f"/v1/models/half_plus_two/versions/{version}:predict",
                            json={"signature_name": "lookup", "instances": ["banana", "kiwi", "apple"]})
     assert r.status_code == 200, r.text
     assert r.json() == {"predictions": [1, -1, 0]}
+
+
+def test_inspect_reads_a_pbtxt_version(base) -> None:  # type: ignore[no-untyped-def]
+    from tfprod.export.inspect import describe
+
+    doc = describe(os.path.join(base, "2"))  # saved_model.pbtxt only
+    assert [mg["tags"] for mg in doc["meta_graphs"]] == [["serve"], ["gpu", "serve"]]
+    assert doc["meta_graphs"][0]["signatures"]["serving_default"]["inputs"]["x"]["shape"] == [-1, 1]
 
 
 def test_metadata_shows_the_declared_shapes(server) -> None:  # type: ignore[no-untyped-def]

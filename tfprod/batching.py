@@ -180,9 +180,14 @@ class Batcher:
         while queue.tasks:
             task = queue.tasks.popleft()
             fits = rows + task.rows <= size
-            # Without padding, only rows of the same shapes can be stacked: others wait for their
-            # own batch instead of failing this one.
-            if fits and (self._options.pad_variable_length_inputs or _shapes(task) == head):
+            # Only rows of the same shapes can be stacked (with padding: of the same ranks): others
+            # wait for their own batch instead of failing this one.
+            shapes = _shapes(task)
+            if self._options.pad_variable_length_inputs:
+                stacks = [len(s) for s in shapes] == [len(s) for s in head]
+            else:
+                stacks = shapes == head
+            if fits and stacks:
                 rows += task.rows
                 tasks.append(task)
             else:

@@ -137,6 +137,10 @@ def _serve(argv: Sequence[str]) -> int:
         return _fail("--port and --rest_api_port are both 0 and there is no --grpc_socket_path: nothing to serve on")
     if args.rest_api_port > 0 and args.rest_api_port == args.port:
         return _fail(f"--rest_api_port and --port are both {args.port}: give them different ports")
+    if min(args.tensorflow_session_parallelism, args.tensorflow_intra_op_parallelism,
+           args.tensorflow_inter_op_parallelism) > 0:  # tensorflow_model_server's own refusal
+        return _fail("Either configure --tensorflow_session_parallelism or (--tensorflow_intra_op_parallelism, "
+                     "--tensorflow_inter_op_parallelism). You cannot configure all.")
     if args.batching_parameters_file and not args.enable_batching:
         return _fail("--batching_parameters_file is set but --enable_batching is not: add --enable_batching")
     from tfprod.api.grpc_server import GrpcOptions, parse_channel_arguments

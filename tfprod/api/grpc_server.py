@@ -50,62 +50,71 @@ Registrar = Callable[[grpc.aio.Server], None]
 
 
 class _Drain(grpc.aio.ServerInterceptor):
-    """Counts the unary calls in progress from the moment their headers arrive (interceptors run
+    """Tracks the unary calls in progress from the moment their headers arrive (interceptors run
     before a message is read) and, once draining, answers new ones UNAVAILABLE, which clients retry.
     grpc.aio's own stop cancels a call whose message is still arriving; stopping only once no call
     is in progress means a call accepted before SIGTERM completes and one after it is told to go
-    elsewhere, never CANCELLED."""
+    elsewhere, never CANCELLED. Counts live on the event loop's thread only."""
 
     def __init__(self) -> None:
         self.draining = False
         self.last_call = 0.0  # loop time of the latest call seen
-        self._counts = {"accepted": 0, "refused": 0}
-        self._idle = {kind: asyncio.Event() for kind in self._counts}
-        for event in self._idle.values():
-            event.set()
+        self.arriving = 0  # headers in, handler not started: the message is still coming (or never will)
+        self.running = 0  # accepted calls whose handler runs
+        self.refusing = 0  # calls answered UNAVAILABLE, their message still coming
 
-    def _track(self, kind: str, handler: Callable[..., Any]) -> Callable[..., Any]:
-        self._counts[kind] += 1
-        self._idle[kind].clear()
+    def _arrived(self) -> None:
+        self.arriving -= 1
+
+    def _wrap(self, handler: Any, counter: str) -> Any:
+        inner, deserialize = handler.unary_unary, handler.request_deserializer
+        self.arriving += counter == "running"
+        self.refusing += counter == "refusing"
+
+        def deserialized(raw: bytes) -> Any:
+            try:
+                return deserialize(raw) if deserialize is not None else raw
+            except Exception:  # a message that does not parse: its handler never runs
+                if counter == "running":
+                    self._arrived()
+                raise
 
         async def tracked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if counter == "running":
+                self._arrived()
+                self.running += 1
             try:
-                return await handler(request, context)
+                return await inner(request, context)
             finally:
-                self._counts[kind] -= 1
-                if not self._counts[kind]:
-                    self._idle[kind].set()
-        return tracked
+                setattr(self, counter, getattr(self, counter) - 1)
+        return handler._replace(unary_unary=tracked, request_deserializer=deserialized)
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         self.last_call = asyncio.get_running_loop().time()
         if self.draining:
             async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry")
-            # no deserializer: the message is not parsed
-            return grpc.unary_unary_rpc_method_handler(self._track("refused", refuse))
+            return self._wrap(grpc.unary_unary_rpc_method_handler(refuse), "refusing")
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:  # streams (health Watch) may outlive any drain
             return handler
-        return handler._replace(unary_unary=self._track("accepted", handler.unary_unary))
+        return self._wrap(handler, "running")
 
-    async def wait_idle(self, kind: str, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle[kind].wait(), max(timeout_s, 0))
-        except TimeoutError:
-            return False
-        return True
-
-    async def wait_quiet(self, quiet_s: float, timeout_s: float) -> None:
-        """Until no refusal is in progress and no call came for `quiet_s`: calls queued inside gRPC
-        (headers in, not yet handed to the application) are refused here rather than cancelled by
-        the stop. Bounded: under endless traffic the stop comes after `timeout_s` all the same."""
+    async def settle(self, grace_s: float, stragglers_s: float = 5.0, quiet_s: float = 0.1) -> bool:
+        """Until every accepted call finished (up to `grace_s`), and calls still arriving or being
+        refused are done and none came for `quiet_s` (calls queued inside gRPC, not yet handed to
+        the application, are then refused here rather than cancelled by the stop). Those last waits
+        end after `stragglers_s` all the same: a message that never completes (its client left, it
+        was too large) and endless traffic must not hold the stop. False if accepted calls remain."""
         clock = asyncio.get_running_loop().time
-        deadline = clock() + timeout_s
-        while clock() < deadline:
-            if self._idle["refused"].is_set() and clock() - self.last_call >= quiet_s:
-                return
+        started = clock()
+        while clock() - started < grace_s:
+            late = clock() - started >= stragglers_s
+            quiet = not self.arriving and not self.refusing and clock() - self.last_call >= quiet_s
+            if not self.running and (quiet or late):
+                return True
             await asyncio.sleep(0.01)
+        return not self.running
 
 
 class GrpcServer:
@@ -176,9 +185,7 @@ class GrpcServer:
             self._watcher.cancel()
         self._drain.draining = True
         await self._health.enter_graceful_shutdown()
-        clock = asyncio.get_running_loop().time
-        deadline = clock() + grace_s
-        if not await self._drain.wait_idle("accepted", grace_s):
+        started = asyncio.get_running_loop().time()
+        if not await self._drain.settle(grace_s):
             log.warning("gRPC calls still running after %.0f s: stopping anyway", grace_s)
-        await self._drain.wait_quiet(0.1, min(deadline - clock(), 2.0))
-        await self._server.stop(max(deadline - clock(), 0.5))
+        await self._server.stop(max(grace_s - (asyncio.get_running_loop().time() - started), 0.5))

@@ -306,7 +306,7 @@ class Manager(Generic[S]):
             try:
                 servable = self._load(harness.id, harness.path)
             except ServingError as e:
-                error = e
+                error = _detached(e)
                 if e.code in _FINAL:
                     log.error("loading %s version %d refused: %s", harness.id.name, harness.id.version, e.message)
                     break
@@ -336,3 +336,11 @@ class Manager(Generic[S]):
         with self._cond:
             self._transition_locked(harness, State.END)
         log.info("unloaded %s version %d", harness.id.name, harness.id.version)
+
+
+def _detached(e: ServingError) -> ServingError:
+    """The error without its traceback and chained errors: kept as an END version's status for as
+    long as the server runs, they would keep the failed load's frames, and with them its half-loaded
+    model (a Session, its graph and variables), alive."""
+    e.__traceback__ = e.__context__ = e.__cause__ = None
+    return e

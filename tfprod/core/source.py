@@ -3,9 +3,9 @@
 Like TF Serving's FileSystemStoragePathSource it keeps no serving state: after every scan it
 sends the manager the complete list of versions it wants for each model. Unlike TF Serving it
 never offers a version that is still being written: a version directory is offered only when
-it holds a model file (`is_complete`) and its files (names, sizes, mtimes) did not change
-between two scans. While a wanted version settles, scans run every `settle_s`, so a finished
-version is picked up quickly while a half-copied one is not.
+it holds a model file (`is_complete`) and its files (names, sizes, mtimes) did not change for
+`settle_s`, seen by two scans at least that far apart. While a wanted version settles, scans run
+every `settle_s`, so a finished version is picked up quickly while a half-copied one is not.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from tfprod.core.manager import AspiredVersion
@@ -80,7 +81,7 @@ class FileSystemSource:
         self._options = options
         self._lock = threading.Lock()
         self._watches: dict[str, Watch] = {}
-        self._seen: dict[str, Fingerprint] = {}  # version dir -> fingerprint at the last scan
+        self._seen: dict[str, tuple[Fingerprint, float]] = {}  # version dir -> (fingerprint, since when)
         self._sent: dict[str, list[AspiredVersion]] = {}  # model -> the last aspired list sent
         self._missing_logged: set[str] = set()
         self._scanned: set[str] = set()  # models scanned at least once since they were watched
@@ -137,7 +138,8 @@ class FileSystemSource:
         one has settled and loaded.
         """
         with self._lock:
-            now: dict[str, Fingerprint] = {}  # one fingerprint per directory per scan
+            clock = time.monotonic()
+            now: dict[str, tuple[Fingerprint, float]] = {}  # one fingerprint per directory per scan
             unsettled = False
             for watch in self._watches.values():
                 complete: dict[int, str] = {}
@@ -152,9 +154,12 @@ class FileSystemSource:
                     if not self._is_complete(path):
                         continue
                     if path not in now:
-                        now[path] = fingerprint(path)
+                        files = fingerprint(path)
+                        before = self._seen.get(path)
+                        now[path] = before if before is not None and before[0] == files else (files, clock)
                     complete[version] = path
-                    if self._seen.get(path) != now[path]:
+                    since = now[path][1]
+                    if since == clock or clock - since < self._options.settle_s:  # changed: this scan or lately
                         settling.add(version)
                 chosen = select(watch.policy, complete)
                 self._scanned.add(watch.name)

@@ -15,17 +15,16 @@ from typing import Any
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tfprod.format.audit import read_metadata
+from tfprod.format.saved_model import is_complete, read_saved_model
 from tfprod.security import graph_scan
 from tfprod.security.signing import SIGNATURE_FILE
 from tfprod.servables import tflite
 from tfprod.servables.tflite import TFLITE_FILE
 from tfprod.signature import DTYPES
 
-MODEL_FILES = ("saved_model.pb", TFLITE_FILE)
-
 
 def _has_model(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in MODEL_FILES)
+    return is_complete(path) or os.path.isfile(os.path.join(path, TFLITE_FILE))
 
 
 def _version_dir(path: str) -> str:
@@ -34,7 +33,7 @@ def _version_dir(path: str) -> str:
     versions = sorted((int(d) for d in os.listdir(path) if d.isdigit() and _has_model(os.path.join(path, d))),
                       reverse=True)
     if not versions:
-        raise FileNotFoundError(f"{path} holds no saved_model.pb or {TFLITE_FILE}, and no numbered version "
+        raise FileNotFoundError(f"{path} holds no saved_model.pb(txt) or {TFLITE_FILE}, and no numbered version "
                                 "directory with one")
     return os.path.join(path, str(versions[0]))
 
@@ -47,11 +46,10 @@ def _tensor(info: Any) -> dict[str, Any]:
 
 def describe(path: str) -> dict[str, Any]:
     version_dir = _version_dir(path)
-    saved = saved_model_pb2.SavedModel()
-    if os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
-        with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
-            saved.ParseFromString(f.read())
+    if is_complete(version_dir):
+        saved = read_saved_model(version_dir)
     else:  # only model.tflite: its signatures (the graph scan reads SavedModel graphs only)
+        saved = saved_model_pb2.SavedModel()
         saved.meta_graphs.add().CopyFrom(tflite.read_meta_graph(version_dir))
     meta_graphs = []
     for mg in saved.meta_graphs:

@@ -19,8 +19,8 @@ def is_complete(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, f)) for f in MODEL_FILES)
 
 
-def read_meta_graph(path: str, tags: frozenset[str]) -> meta_graph_pb2.MetaGraphDef:
-    """The MetaGraph whose tag set is exactly `tags`, as TF Serving's loader picks it."""
+def read_saved_model(path: str) -> saved_model_pb2.SavedModel:
+    """saved_model.pb, or saved_model.pbtxt when that is what the version holds (TF's loader order)."""
     saved = saved_model_pb2.SavedModel()
     pb = os.path.join(path, "saved_model.pb")
     if os.path.isfile(pb):
@@ -29,6 +29,12 @@ def read_meta_graph(path: str, tags: frozenset[str]) -> meta_graph_pb2.MetaGraph
     else:
         with open(os.path.join(path, "saved_model.pbtxt")) as f:
             text_format.Parse(f.read(), saved)
+    return saved
+
+
+def read_meta_graph(path: str, tags: frozenset[str]) -> meta_graph_pb2.MetaGraphDef:
+    """The MetaGraph whose tag set is exactly `tags`, as TF Serving's loader picks it."""
+    saved = read_saved_model(path)
     for meta_graph in saved.meta_graphs:
         if set(meta_graph.meta_info_def.tags) == tags:
             return meta_graph

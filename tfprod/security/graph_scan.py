@@ -328,8 +328,11 @@ def _roots(meta_graph: meta_graph_pb2.MetaGraphDef) -> dict[str, _Root]:
     """Where execution starts: each signature, and everything the loader runs (INIT_ROOT).
 
     Besides the signature_def and the init op, a TF2 SavedModel names functions in its object
-    graph: `tf.saved_model.load` serves the signatures' functions from there, and runs each
-    resource's creator and initializer (and restore functions of custom saveables) while loading."""
+    graph. The server runs signature_def through a Session, but `tf.saved_model.load` (any other
+    TF 2 consumer of the same files: tfprod convert, users' scripts) serves the signatures'
+    functions from the object graph and runs each resource's creator and initializer (and restore
+    functions of custom saveables) while loading: they are scanned too, so that a version passes the
+    scan only if no way of loading it reaches a refused op."""
     roots: dict[str, _Root] = {}
     init = roots.setdefault(INIT_ROOT, _Root())
     for name, sig in meta_graph.signature_def.items():

@@ -34,8 +34,7 @@ class Servable:
     _runners: dict[str, SignatureRunner]
     batcher: Batcher | None = None
     audit: dict[str, Any] | None = None  # assets.extra/tfprod_metadata.json, when the export wrote one
-    _model: object = None  # what keeps the model alive (TF's session, interpreters) until unload
-    _close: Callable[[], None] | None = None  # releases what _model holds outside Python
+    _close: Callable[[], None] | None = None  # releases what the runners hold outside Python (a Session)
 
     def signature(self, name: str) -> Signature:
         sig = self.signatures.get(name)
@@ -60,12 +59,15 @@ class Servable:
             self.batcher = Batcher(self.id.name, self._call, options, stats)
 
     def unload(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
+        """Drop every reference to the model (the batcher's to `_call` is a cycle through self), so
+        that what it holds goes now, not at some later full collection."""
+        batcher, self.batcher = self.batcher, None
+        if batcher is not None:
+            batcher.close()
         self._runners.clear()
-        if self._close is not None:
-            self._close()
-        self._model = None
+        close, self._close = self._close, None
+        if close is not None:
+            close()
         gc.collect()  # a graph's Python objects form cycles; cheap while the rest is frozen (freeze_heap)
 
 

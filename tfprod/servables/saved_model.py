@@ -10,6 +10,7 @@ serialized tf.Example input), and runs their assets, `main_op`/`legacy_init_op` 
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import threading
@@ -40,54 +41,92 @@ def _tf_message(e: Exception) -> str:
 
 
 BATCHING_PARAMS_FILE = "batching_params.pbtxt"
-_MAX_CALLABLES = 64  # per version: one per (signature, requested outputs) seen, oldest dropped first
+_MAX_CALLABLES = 64  # per version, besides each signature's all-outputs one: least recently used go first
 
 
 class _Session:
-    """One version's Session, and a C++ callable (Session::MakeCallable) per signature and set of
-    outputs. The public `Session.make_callable` re-checks every feed's shape in Python on each
-    call — the very check TF Serving does not make — so callables are made from CallableOptions,
-    which feed numpy arrays straight to the runtime. Session runs are thread-safe."""
+    """One version's Session and C++ callables (Session::MakeCallable) made from it: one per
+    signature for all its outputs, made at load, and others for the output subsets clients ask for.
+    The public `Session.make_callable` re-checks every feed's shape in Python on each call — the
+    very check TF Serving does not make — so callables are made from CallableOptions, which hand
+    numpy arrays straight to the runtime. Session runs are thread-safe."""
 
     def __init__(self, session: tf.compat.v1.Session, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
-        self._session = session
-        self._defs = meta_graph.signature_def
-        self._callables: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._session: tf.compat.v1.Session | None = session
+        # Copies: reading a missing key of the proto's maps would insert it into the served MetaGraph.
+        self._feeds = {name: [sig.inputs[k].name for k in sorted(sig.inputs)]
+                       for name, sig in meta_graph.signature_def.items()}
+        self._fetches = {name: {k: v.name for k, v in sig.outputs.items()}
+                         for name, sig in meta_graph.signature_def.items()}
+        self._callables: collections.OrderedDict[tuple[str, tuple[str, ...]], Any] = collections.OrderedDict()
+        self._pinned: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
+
+    def _make(self, name: str, outputs: tuple[str, ...]) -> Any:
+        for kind, names in (("input", self._feeds[name]), ("output", [self._fetches[name][k] for k in outputs])):
+            if not all(names):
+                raise ServingError(Code.UNIMPLEMENTED, f"signature '{name}' has a sparse or composite {kind}, "
+                                   "which the serving APIs cannot feed or fetch")
+        if self._session is None:
+            raise ServingError(Code.UNAVAILABLE, "this model version was unloaded")
+        options = config_pb2.CallableOptions(feed=self._feeds[name],
+                                             fetch=[self._fetches[name][k] for k in outputs])
+        return self._session._make_callable_from_options(options)
+
+    def pin(self, name: str) -> None:
+        """Make the all-outputs callable now (at load): the first request after a swap must not pay
+        for it (Grappler and executor construction: seconds on large TF 1 graphs)."""
+        key = (name, tuple(sorted(self._fetches[name])))
+        try:
+            self._pinned[key] = self._make(*key)
+        except (ServingError, tf.errors.OpError, ValueError):  # as TF Serving, the request will say so
+            pass
 
     def _callable(self, name: str, outputs: tuple[str, ...]) -> Any:
         key = (name, outputs)
-        fn = self._callables.get(key)
-        if fn is None:
-            sig = self._defs[name]
-            options = config_pb2.CallableOptions(feed=[sig.inputs[k].name for k in sorted(sig.inputs)],
-                                                 fetch=[sig.outputs[k].name for k in outputs])
-            with self._lock:
-                fn = self._callables.get(key)
-                if fn is None:
-                    if len(self._callables) >= _MAX_CALLABLES:
-                        self._callables.pop(next(iter(self._callables)))
-                    fn = self._callables[key] = self._session._make_callable_from_options(options)
+        fn = self._pinned.get(key)
+        if fn is not None:
+            return fn
+        with self._lock:
+            fn = self._callables.get(key)
+            if fn is not None:
+                self._callables.move_to_end(key)
+                return fn
+        fn = self._make(name, outputs)  # outside the lock: a slow build must not hold up other calls
+        with self._lock:
+            self._callables[key] = fn
+            while len(self._callables) > _MAX_CALLABLES:
+                self._callables.popitem(last=False)
         return fn
 
     def runner(self, name: str) -> SignatureRunner:
-        aliases = sorted(self._defs[name].inputs)
+        fetches = self._fetches[name]
 
         def run(inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+            unknown = [k for k in outputs if k not in fetches]
+            if unknown:
+                raise invalid(f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be "
+                              f"in the set {{{','.join(sorted(fetches))}}}.")
+            wanted = tuple(sorted(set(outputs)))  # one callable per set, whatever order clients name them in
             try:
-                values = self._callable(name, outputs)(*(inputs[k] for k in aliases))
+                values = self._callable(name, wanted)(*(inputs[k] for k in sorted(inputs)))
             except tf.errors.InvalidArgumentError as e:
                 raise invalid(_tf_message(e)) from None
             except tf.errors.OpError as e:
                 raise ServingError(Code(e.error_code), _tf_message(e)) from None
             except (ValueError, TypeError) as e:  # a feed numpy cannot hand to TF (e.g. ragged objects)
                 raise invalid(_tf_message(e)) from None
-            return {k: np.asarray(v) for k, v in zip(outputs, values, strict=True)}  # scalars come as numpy scalars
+            by_alias = dict(zip(wanted, values, strict=True))
+            return {k: np.asarray(by_alias[k]) for k in outputs}  # scalars come back as numpy scalars
         return run
 
     def close(self) -> None:
-        self._callables.clear()  # each releases its handle while the session is still open
-        self._session.close()
+        with self._lock:
+            self._callables.clear()  # each releases its handle while the session is still open
+        self._pinned.clear()
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
 
 def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"}),
@@ -99,6 +138,8 @@ def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})
     if not is_complete(path):
         raise ServingError(Code.NOT_FOUND, f"No SavedModel (saved_model.pb) in {path}")
     meta_graph = read_meta_graph(path, tags)  # first: TF Serving's message for a missing tag set
+    own_batching = batching_for(path, batching, per_model_batching)
+    metadata = audit(path)
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=session_config)
     try:
@@ -109,10 +150,11 @@ def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})
         raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {_tf_message(e)}") from None
     model = _Session(session, meta_graph)
     signatures = signatures_of(meta_graph)
+    for name in signatures:
+        model.pin(name)
     runners = {name: model.runner(name) for name in signatures}
-    servable = Servable(sid, path, meta_graph, signatures, runners, audit=audit(path), _model=model,
-                        _close=model.close)
-    servable.batch_with(batching_for(path, batching, per_model_batching), batch_stats)
+    servable = Servable(sid, path, meta_graph, signatures, runners, audit=metadata, _close=model.close)
+    servable.batch_with(own_batching, batch_stats)
     return servable
 
 

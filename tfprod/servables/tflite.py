@@ -281,6 +281,6 @@ def load(sid: ServableId, path: str, num_threads: int = 1, batching: BatchingOpt
     pool = _Pool(make, first, pool_size or max(2, os.cpu_count() or 2))
     runners = {key: _runner(pool, key, plan) for key, plan in plans.items()}
     signatures = {key: plan.signature for key, plan in plans.items()}
-    servable = Servable(sid, path, _meta_graph(plans), signatures, runners, audit=audit(path), _model=pool)
+    servable = Servable(sid, path, _meta_graph(plans), signatures, runners, audit=audit(path))
     servable.batch_with(batching, batch_stats)
     return servable
