@@ -1,4 +1,4 @@
-"""The transport-neutral core every front end delegates to (REST v1 now; gRPC and V2 next).
+"""The transport-neutral core every front end (REST v1, gRPC, V2 on both) delegates to.
 
 Each call pins one version through a manager handle only for as long as the model runs, then
 answers plain data: front ends own the wire formats (`tfprod.codec`) and the status codes.

@@ -68,13 +68,15 @@ def measure(saved_model_dir: str, sig: Signature, files: dict[str, bytes], x: di
             labels: np.ndarray | None, progress: Callable[[str], None] = lambda _: None
             ) -> tuple[dict[str, Any], list[ModeResult]]:
     """Run the SavedModel and every converted file on the evaluation inputs `x` (rows first)."""
-    import tensorflow as tf
+    from tfprod.core.manager import ServableId
+    from tfprod.servables import saved_model
 
-    fn = tf.saved_model.load(saved_model_dir).signatures[sig.name]
+    served = saved_model.load(ServableId("report", 0), saved_model_dir)  # TensorFlow as the server runs it
+    served_sig = served.signature(sig.name)
     first_out = sorted(sig.outputs)[0]
 
     def reference(feed: dict[str, np.ndarray]) -> np.ndarray:
-        return fn(**{k: tf.constant(v) for k, v in feed.items()})[first_out].numpy()
+        return served.run(served_sig, feed, (first_out,))[first_out]
 
     rows = len(next(iter(x.values())))
 
@@ -87,6 +89,7 @@ def measure(saved_model_dir: str, sig: Signature, files: dict[str, bytes], x: di
     baseline = {"latency_ms": {b: _median_ms(functools.partial(reference, batch(b))) for b in (1, 32)},
                 "variables": variables_size(saved_model_dir),
                 "accuracy": _accuracy(expected, labels)}
+    served.unload()
     results = []
     for mode, flatbuffer in files.items():
         progress(f"LiteRT, {mode}")
@@ -160,7 +163,8 @@ def write(out_dir: str, saved_model_dir: str, baseline: dict[str, Any], results:
     note = ("\nThis model is small: a flatbuffer's fixed overhead (operators, metadata, tensor tables) is a "
             "large share of its bytes, so quantized files shrink less than the weights do.\n" if small else "")
     text = (f"# TFLite conversion report: {os.path.abspath(saved_model_dir)}\n\n"
-            f"LiteRT with XNNPACK, one thread; TensorFlow's signature call for the SavedModel; medians of "
+            "LiteRT with XNNPACK, one thread; TensorFlow's signature call for the SavedModel, as tfprod serve "
+            f"makes it (a Session callable); medians of "
             f"{LATENCY_RUNS} calls, one machine, one run.\n\n" + "\n".join(rows) + "\n\n## Verdicts\n\n"
             + "\n".join(f"- {line}" for line in lines) + "\n" + note + "\n![report](report.png)\n")
     with open(os.path.join(out_dir, "report.md"), "w") as f:
