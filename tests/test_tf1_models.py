@@ -43,7 +43,10 @@ def server(start_server, base, tmp_path_factory):  # type: ignore[no-untyped-def
     config = tmp_path_factory.mktemp("tf1cfg") / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "half_plus_two" base_path: "{base}" '
                       'model_platform: "tensorflow" model_version_policy { all {} } } }')
-    return start_server([f"--model_config_file={config}"])
+    server = start_server([f"--model_config_file={config}"])
+    server.wait_until(lambda: [v["state"] for v in server.client.get("/v1/models/half_plus_two").json()[
+        "model_version_status"]] == ["AVAILABLE", "AVAILABLE"], 60, "both versions")  # ready = one of them
+    return server
 
 
 @pytest.fixture(scope="module")
