@@ -2,7 +2,7 @@
 
 One `Batcher` per loaded model version; one queue per (signature, outputs) inside it, so versions
 and signatures never share a batch, while REST, gRPC and V2 callers of the same version and
-signature do. Callers block in `run` until their rows come back.
+signature do.
 
 Scheduling is TF Serving's basic batch scheduler: a batch is processed when it is full, or when its
 oldest task has waited `batch_timeout_micros` and a batch thread is free. With a timeout of 0 (the
@@ -13,11 +13,13 @@ A batch is padded up to the next `allowed_batch_sizes` entry with copies of a re
 and other callers' rows never reach a caller. Without `pad_variable_length_inputs`, only tasks
 whose inputs have the same shapes share a batch (TF Serving fails the whole batch instead). Tasks
 larger than `max_batch_size` are split when `enable_large_batch_splitting` is on, refused
-otherwise. A full queue refuses at once.
+otherwise. A full queue refuses at once. Callers on the event loop await their rows (`run_async`)
+without holding a thread; a caller cancelled before its batch starts is dropped from it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
 import dataclasses
@@ -111,17 +113,29 @@ class Batcher:
     # -- callers ----------------------------------------------------------------------------
 
     def run(self, sig: Signature, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Block the calling thread until the rows come back (warmup, in-process callers)."""
+        return _joined([f.result() for f in self._submit(sig, inputs, outputs)])
+
+    async def run_async(self, sig: Signature, inputs: Mapping[str, np.ndarray],
+                        outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Await the rows on the event loop: no thread waits for the batch. Cancelling the caller
+        (its deadline passed, its client left) drops its tasks unless their batch already runs."""
+        futures = [asyncio.wrap_future(f) for f in self._submit(sig, inputs, outputs)]
+        try:
+            return _joined(list(await asyncio.gather(*futures)))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+    def _submit(self, sig: Signature, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> list[Future[Any]]:
         rows = _rows(inputs)
         opts = self._options
         if rows > opts.max_batch_size and not opts.enable_large_batch_splitting:
             raise invalid(f"Task size {rows} is larger than maximum input batch size {opts.max_batch_size}")
         size = opts.execution_size
         chunks = [{k: v[i:i + size] for k, v in inputs.items()} for i in range(0, max(rows, 1), size)]
-        futures = [self._enqueue(sig, chunk, outputs) for chunk in chunks]
-        results = [f.result() for f in futures]
-        if len(results) == 1:
-            return results[0]
-        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+        return [self._enqueue(sig, chunk, outputs) for chunk in chunks]
 
     def _enqueue(self, sig: Signature, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> Future[Any]:
         task = _Task(inputs, _rows(inputs), time.monotonic(), Future())
@@ -165,8 +179,17 @@ class Batcher:
             self._process(*batch)
 
     def _next_locked(self) -> tuple[_Queue, list[_Task]] | None:
-        """The batch to process now: a full queue first, else the one whose oldest task waited longest
-        once its timeout has passed (at once with timeout 0, or when closing)."""
+        """The batch to process now, its callers marked running; callers cancelled meanwhile are dropped."""
+        while (batch := self._take_locked()) is not None:
+            queue, tasks = batch
+            live = [t for t in tasks if t.future.set_running_or_notify_cancel()]
+            if live:
+                return queue, live
+        return None
+
+    def _take_locked(self) -> tuple[_Queue, list[_Task]] | None:
+        """A full queue first, else the one whose oldest task waited longest once its timeout has
+        passed (at once with timeout 0, or when closing)."""
         size = self._options.execution_size
         timeout = self._options.batch_timeout_micros / 1e6
         now = time.monotonic()
@@ -231,6 +254,12 @@ class Batcher:
             return
         for task, result in zip(tasks, results, strict=True):
             task.future.set_result(result)
+
+
+def _joined(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(results) == 1:
+        return results[0]
+    return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
 
 def _shapes(task: _Task) -> tuple[tuple[int, ...], ...]:

@@ -185,9 +185,6 @@ def _serve(argv: Sequence[str]) -> int:
             return _fail(f"model '{m.name}': {m.base_path} holds Keras files ({', '.join(keras[:3])}), not "
                          f"SavedModels, and they carry no serving signatures: convert with `tfprod migrate "
                          f"{keras[0]} {m.base_path}`")
-    # Callers wait for their batch on a front end's worker thread: give the pools room for the rows
-    # a batch can hold, or batches could never grow past the pool size.
-    waiting = min(256, batching.max_batch_size * batching.num_batch_threads) if batching else 0
     tags = frozenset(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     try:
         run(ServerOptions(
@@ -215,13 +212,13 @@ def _serve(argv: Sequence[str]) -> int:
                 enable_cors=args.rest_api_enable_cors_support,
                 metrics_path=metrics_path,
                 max_body_bytes=args.rest_api_max_body_bytes,
-                num_threads=max(args.rest_api_num_threads, waiting, 1),
+                num_threads=max(args.rest_api_num_threads, 1),
             ),
             grpc=GrpcOptions(
                 port=max(args.port, 0),
                 host=args.host,
                 socket_path=args.grpc_socket_path,
-                max_threads=max(args.grpc_max_threads, waiting, 1),
+                max_threads=max(args.grpc_max_threads, 1),
                 channel_arguments=channel_arguments,
                 ssl=ssl,
             ),

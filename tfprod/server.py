@@ -218,8 +218,12 @@ def run(options: ServerOptions) -> None:
                               SourceOptions(poll_wait_s=options.file_system_poll_wait_seconds))
     core = ServerCore(manager, source, options.allow_version_labels_for_unavailable_models)
     limits = options.security.limits
+    # Unbatched model calls hold one of these threads while TensorFlow runs; batched ones hold none
+    # (their callers await the batch on the loop, and the batcher has its own threads).
+    model_pool = concurrent.futures.ThreadPoolExecutor(max(options.rest.num_threads, options.grpc.max_threads),
+                                                       thread_name_prefix="tfprod-model")
     service = Service(manager, options.enable_signature_method_name_check,
-                      InputBounds(limits.max_tensor_elements, limits.max_batch_rows))
+                      InputBounds(limits.max_tensor_elements, limits.max_batch_rows), model_pool)
     v2models = V2Models(service, core)
     app = RestApi(service, core, v2models, metrics, registry, options.rest, guard) if options.rest_api_port else None
     grpc_pool = concurrent.futures.ThreadPoolExecutor(options.grpc.max_threads, thread_name_prefix="tfprod-grpc")
@@ -256,5 +260,6 @@ def run(options: ServerOptions) -> None:
         if app is not None:
             app.close()
         grpc_pool.shutdown(wait=True)
+        model_pool.shutdown(wait=True)
         manager.stop()
         log.info("bye")

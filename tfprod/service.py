@@ -6,8 +6,11 @@ answers plain data: front ends own the wire formats (`tfprod.codec`) and the sta
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,10 +59,11 @@ class InputBounds:
 
 class Service:
     def __init__(self, manager: Manager[Servable], check_method_names: bool = False,
-                 bounds: InputBounds = InputBounds()) -> None:
+                 bounds: InputBounds = InputBounds(), executor: concurrent.futures.Executor | None = None) -> None:
         self._manager = manager
         self._check = check_method_names  # --enable_signature_method_name_check
         self._bounds = bounds
+        self._executor = executor  # runs unbatched model calls; batched ones wait on the loop, not here
 
     def _bounded(self, decode: Decode) -> Decode:
         bounds = self._bounds
@@ -76,26 +80,34 @@ class Service:
     def _check_examples(self, examples: list[bytes]) -> None:
         self._bounds.check("examples", len(examples), len(examples))  # one serialized tf.Example per row
 
-    def predict(self, spec: ModelSpec, decode: Decode, output_filter: OutputFilter = ()) -> Prediction:
+    # The model APIs run on the event loop: decoding and encoding are the callers' (small requests
+    # decode in microseconds; REST hands large bodies to a thread first), the model call is the
+    # servable's (`Servable.run_async`). The version stays pinned while its call runs.
+
+    async def predict(self, spec: ModelSpec, decode: Decode, output_filter: OutputFilter = (),
+                      offload: bool = False) -> Prediction:
         """Run a signature; `output_filter` names the outputs to return (all when empty), or is a
-        function of the signature that does."""
+        function of the signature that does. `offload`: decode on an executor thread (a large
+        request would hold the event loop)."""
+        bounded = self._bounded(decode)
+        inputs_of = _offloaded(bounded, self._executor) if offload else bounded
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            sig, outputs = _run(servable, spec.signature_name, self._bounded(decode), output_filter)
+            sig, outputs = await _run(servable, spec.signature_name, inputs_of, output_filter, self._executor)
         return Prediction(version, sig, outputs)
 
-    def classify(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, Classes]:
+    async def classify(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, Classes]:
         """(version, (classes, scores)) for serialized tf.Examples on a classify signature."""
         self._check_examples(examples)
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            return version, _classify(servable, spec.signature_name, examples, self._check)
+            return version, await _classify(servable, spec.signature_name, examples, self._check, self._executor)
 
-    def regress(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, np.ndarray]:
+    async def regress(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, np.ndarray]:
         self._check_examples(examples)
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            return version, _regress(servable, spec.signature_name, examples, self._check)
+            return version, await _regress(servable, spec.signature_name, examples, self._check, self._executor)
 
-    def multi_inference(self, spec: ModelSpec, tasks: Sequence[tuple[str, str]],
-                        examples: list[bytes]) -> tuple[int, list[Classes | np.ndarray]]:
+    async def multi_inference(self, spec: ModelSpec, tasks: Sequence[tuple[str, str]],
+                              examples: list[bytes]) -> tuple[int, list[Classes | np.ndarray]]:
         """Several classify/regress signatures of one model version over the same examples.
         `tasks` are (signature_name, method_name) pairs; results come back in their order."""
         self._check_examples(examples)
@@ -103,9 +115,9 @@ class Service:
             results: list[Classes | np.ndarray] = []
             for signature_name, method in tasks:
                 if method == CLASSIFY_METHOD:
-                    results.append(_classify(servable, signature_name, examples, self._check))
+                    results.append(await _classify(servable, signature_name, examples, self._check, self._executor))
                 elif method == REGRESS_METHOD:
-                    results.append(_regress(servable, signature_name, examples, self._check))
+                    results.append(await _regress(servable, signature_name, examples, self._check, self._executor))
                 else:
                     raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {method}")
             return version, results
@@ -140,8 +152,17 @@ class Service:
         return {m: (self._manager.status(m), self._manager.labels(m)) for m in self._manager.models()}
 
 
-def _run(servable: Servable, signature_name: str, decode: Decode,
-         output_filter: OutputFilter = ()) -> tuple[Signature, dict[str, np.ndarray]]:
+AsyncDecode = Callable[[Signature], Awaitable[Mapping[str, np.ndarray]]]
+
+
+def _offloaded(decode: Decode, executor: concurrent.futures.Executor | None) -> AsyncDecode:
+    async def run(sig: Signature) -> Mapping[str, np.ndarray]:
+        return await asyncio.get_running_loop().run_in_executor(executor, decode, sig)
+    return run
+
+
+async def _run(servable: Servable, signature_name: str, decode: Decode | AsyncDecode, output_filter: OutputFilter = (),
+               executor: concurrent.futures.Executor | None = None) -> tuple[Signature, dict[str, np.ndarray]]:
     sig = servable.signature(signature_name)
     if callable(output_filter):
         output_filter = output_filter(sig)
@@ -149,16 +170,19 @@ def _run(servable: Servable, signature_name: str, decode: Decode,
         if name not in sig.outputs:
             raise invalid(f"output tensor alias not found in signature: {name} Outputs expected "
                           f"to be in the set {{{','.join(sorted(sig.outputs))}}}.")
-    return sig, servable.run(sig, decode(sig), output_filter)
+    inputs = decode(sig)
+    if inspect.isawaitable(inputs):
+        inputs = await inputs
+    return sig, await servable.run_async(sig, inputs, output_filter, executor)
 
 
-def classify_on(servable: Servable, signature_name: str, examples: list[bytes]) -> Classes:
+async def classify_on(servable: Servable, signature_name: str, examples: list[bytes]) -> Classes:
     """Classify on a servable already in hand (warmup replays before a version is AVAILABLE)."""
-    return _classify(servable, signature_name, examples, False)
+    return await _classify(servable, signature_name, examples, False)
 
 
-def regress_on(servable: Servable, signature_name: str, examples: list[bytes]) -> np.ndarray:
-    return _regress(servable, signature_name, examples, False)
+async def regress_on(servable: Servable, signature_name: str, examples: list[bytes]) -> np.ndarray:
+    return await _regress(servable, signature_name, examples, False)
 
 
 def _check_method(servable: Servable, signature_name: str, method: str, kind: str) -> None:
@@ -167,20 +191,22 @@ def _check_method(servable: Servable, signature_name: str, method: str, kind: st
         raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {sig.method_name}")
 
 
-def _classify(servable: Servable, signature_name: str, examples: list[bytes], check: bool) -> Classes:
+async def _classify(servable: Servable, signature_name: str, examples: list[bytes], check: bool,
+                    executor: concurrent.futures.Executor | None = None) -> Classes:
     if check:
         _check_method(servable, signature_name, CLASSIFY_METHOD, "classification")
-    _, outputs = _run(servable, signature_name, _examples_decoder(examples, "classification"))
+    _, outputs = await _run(servable, signature_name, _examples_decoder(examples, "classification"), (), executor)
     if "classes" not in outputs and "scores" not in outputs:
         raise invalid('Expected classification signature outputs to contain at least one of "classes" '
                       f'or "scores". Signature outputs: {sorted(outputs)}')
     return outputs.get("classes"), outputs.get("scores")
 
 
-def _regress(servable: Servable, signature_name: str, examples: list[bytes], check: bool) -> np.ndarray:
+async def _regress(servable: Servable, signature_name: str, examples: list[bytes], check: bool,
+                   executor: concurrent.futures.Executor | None = None) -> np.ndarray:
     if check:
         _check_method(servable, signature_name, REGRESS_METHOD, "regression")
-    _, outputs = _run(servable, signature_name, _examples_decoder(examples, "regression"))
+    _, outputs = await _run(servable, signature_name, _examples_decoder(examples, "regression"), (), executor)
     if len(outputs) != 1:
         raise invalid("Expected one output Tensor.")
     return next(iter(outputs.values()))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -71,7 +73,8 @@ class Runner:
         self._guard = guard
         self._max_timeout_s = max_timeout_s
 
-    async def __call__(self, context: grpc.aio.ServicerContext, model: str, api: str, work: Callable[[], T]) -> T:
+    async def __call__(self, context: grpc.aio.ServicerContext, model: str, api: str,
+                       work: Callable[[], T] | Callable[[], Awaitable[T]]) -> T:
         started = time.perf_counter()
         status = Code.OK
         try:
@@ -82,9 +85,11 @@ class Runner:
             if self._max_timeout_s is not None and (timeout is None or timeout > self._max_timeout_s):
                 timeout = self._max_timeout_s
             with self._guard.slot():
-                future = asyncio.get_running_loop().run_in_executor(self._executor, work)
+                # The model APIs are coroutines (they await their batch on the loop); the rest runs on a thread.
+                running = work() if inspect.iscoroutinefunction(work) else \
+                    asyncio.get_running_loop().run_in_executor(self._executor, work)
                 try:
-                    return await asyncio.wait_for(future, timeout=timeout)
+                    return await asyncio.wait_for(running, timeout=timeout)  # type: ignore[arg-type]
                 except TimeoutError:
                     raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline exceeded") from None
         except ServingError as e:
@@ -152,57 +157,60 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._run = run
 
     async def Predict(self, request: predict_pb2.PredictRequest, context: Any) -> predict_pb2.PredictResponse:
-        return await self._run(context, request.model_spec.name, "Predict", lambda: self._predict(request))
+        return await self._run(context, request.model_spec.name, "Predict", functools.partial(self._predict, request))
 
     async def Classify(self, request: classification_pb2.ClassificationRequest,
                        context: Any) -> classification_pb2.ClassificationResponse:
-        return await self._run(context, request.model_spec.name, "Classify", lambda: self._classify(request))
+        return await self._run(context, request.model_spec.name, "Classify", functools.partial(self._classify, request))
 
     async def Regress(self, request: regression_pb2.RegressionRequest,
                       context: Any) -> regression_pb2.RegressionResponse:
-        return await self._run(context, request.model_spec.name, "Regress", lambda: self._regress(request))
+        return await self._run(context, request.model_spec.name, "Regress", functools.partial(self._regress, request))
 
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
                              context: Any) -> inference_pb2.MultiInferenceResponse:
         model = request.tasks[0].model_spec.name if request.tasks else ""
-        return await self._run(context, model, "MultiInference", lambda: self._multi_inference(request))
+        return await self._run(context, model, "MultiInference", functools.partial(self._multi_inference, request))
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context: Any) -> get_model_metadata_pb2.GetModelMetadataResponse:
         return await self._run(context, request.model_spec.name, "GetModelMetadata",
                                lambda: self._metadata(request))
 
-    # -- on worker threads --------------------------------------------------------------
+    # -- the model APIs run on the event loop (they await their batch), metadata on worker threads ----
 
-    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         spec = model_spec_of(request)
         output_filter = tuple(request.output_filter)
         if len(set(output_filter)) != len(output_filter):
             raise invalid(f"duplicate output tensor alias: {_first_repeated(output_filter)}")
-        pred = self._service.predict(spec, lambda sig: tensor_proto.to_inputs(request.inputs, sig), output_filter)
+        pred = await self._service.predict(spec, lambda sig: tensor_proto.to_inputs(request.inputs, sig),
+                                           output_filter)
         response = predict_pb2.PredictResponse(
             model_spec=messages.model_spec(spec.name, pred.version, spec.signature_name))
         for name, arr in pred.outputs.items():
             response.outputs[name].CopyFrom(tensor_proto.to_proto(arr))
         return response
 
-    def _classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResponse:
+    async def _classify(self, request: classification_pb2.ClassificationRequest
+                        ) -> classification_pb2.ClassificationResponse:
         spec = model_spec_of(request)
         examples = example.examples_from_input(request.input)
-        version, (classes, scores) = self._service.classify(spec, examples)
+        version, (classes, scores) = await self._service.classify(spec, examples)
         return classification_pb2.ClassificationResponse(
             model_spec=messages.model_spec(spec.name, version, spec.signature_name),
             result=example.classification_result(classes, scores, len(examples)))
 
-    def _regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
+    async def _regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
         spec = model_spec_of(request)
         examples = example.examples_from_input(request.input)
-        version, values = self._service.regress(spec, examples)
+        version, values = await self._service.regress(spec, examples)
         return regression_pb2.RegressionResponse(
             model_spec=messages.model_spec(spec.name, version, spec.signature_name),
             result=example.regression_result(values))
 
-    def _multi_inference(self, request: inference_pb2.MultiInferenceRequest) -> inference_pb2.MultiInferenceResponse:
+    async def _multi_inference(self, request: inference_pb2.MultiInferenceRequest
+                               ) -> inference_pb2.MultiInferenceResponse:
         if not request.tasks or not request.tasks[0].model_spec.name:
             raise invalid("ModelSpec has no name specified.")
         specs = [model_spec_of(task) for task in request.tasks]
@@ -216,7 +224,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             signatures.add(spec.signature_name)
         examples = example.examples_from_input(request.input)
         tasks = [(spec.signature_name, task.method_name) for spec, task in zip(specs, request.tasks, strict=True)]
-        version, results = self._service.multi_inference(first, tasks, examples)
+        version, results = await self._service.multi_inference(first, tasks, examples)
         response = inference_pb2.MultiInferenceResponse()
         for spec, result in zip(specs, results, strict=True):
             entry = response.results.add(model_spec=messages.model_spec(spec.name, version, spec.signature_name))

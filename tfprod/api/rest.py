@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
+import inspect
 import logging
 import re
 import time
 import zlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote
 
 from google.protobuf import json_format
@@ -74,9 +76,14 @@ class _TooLarge(Exception):
     pass
 
 
-# (model, API label, work for a worker thread, given the request body). Routing reads only the
-# method, path and headers: callers are checked before a body is read.
-Route = tuple[str, str, Callable[[bytes], Response]]
+# A route's work, given the request body: a coroutine function (the model APIs, on the event loop)
+# or a plain function (run on a worker thread).
+Handler = Callable[[bytes], Response] | Callable[[bytes], Awaitable[Response]]
+# (model, API label, work). Routing reads only the method, path and headers: callers are checked
+# before a body is read.
+Route = tuple[str, str, Handler]
+T = TypeVar("T")
+_OFFLOAD_BYTES = 256 * 1024  # bodies from this size are parsed on a worker thread, not on the loop
 
 
 class RestApi:
@@ -144,7 +151,7 @@ class RestApi:
         method = request.method
         if method == "POST" and (m := _POST.fullmatch(path)):
             spec, api = _spec(m), m.group(4).lower()
-            return spec.name, api.capitalize(), lambda body: _json_ok(self._post(api, spec, body))
+            return spec.name, api.capitalize(), functools.partial(self._post, api, spec)
         if method == "GET" and (m := _GET.fullmatch(path)):
             if m.group(1) is None:
                 return "", "ListModels", lambda _: _json_ok(self._list_models())
@@ -173,7 +180,7 @@ class RestApi:
                                                                      f"model '{name}'")
             if method == "POST" and action == "infer":
                 header_length = _header_length(request)
-                return name, "ModelInfer", lambda body: self._infer(name, version, body, header_length)
+                return name, "ModelInfer", functools.partial(self._infer, name, version, header_length=header_length)
         if method == "POST" and path == "/v2/repository/index":
             return "", "RepositoryIndex", lambda body: _json_ok(json_tensor.dumps(
                 v2models.index(_ready_only(body))))
@@ -197,8 +204,10 @@ class RestApi:
             client = request.scope.get("client") or ("", 0)
             guard.admit(headers.get("authorization"), headers.get("x-api-key"), client[0], model, api)
             body = await self._read_within_timeout(request) if request.method == "POST" else b""
+            if self._options.max_json_depth is not None and body:  # linear in the body: large ones off the loop
+                body = await self._parsed(functools.partial(self._shallow, api=api, request=request), body)
             with guard.slot():
-                return await self._run(lambda: work(self._shallow(body, api, request)))
+                return await self._run(work, body)
         except RateLimited as e:
             status = e.code.name
             response = _error_response(e)
@@ -220,11 +229,16 @@ class RestApi:
         finally:
             self._metrics.record_request(model, status, api, "REST", time.perf_counter() - started)
 
-    async def _run(self, work: Callable[[], Response]) -> Response:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, work)
+    async def _run(self, work: Handler, body: bytes) -> Response:
+        """A model API's coroutine on the loop (it awaits its batch there); anything else, the JSON
+        depth check included, on a worker thread."""
+        if inspect.iscoroutinefunction(work):
+            running: Awaitable[Response] = work(body)
+        else:
+            on_thread = cast(Callable[[bytes], Response], work)
+            running = asyncio.get_running_loop().run_in_executor(self._executor, on_thread, body)
         try:
-            return await asyncio.wait_for(future, timeout=self._options.timeout_s)
+            return await asyncio.wait_for(running, timeout=self._options.timeout_s)
         except TimeoutError:
             raise ServingError(Code.DEADLINE_EXCEEDED,
                                f"Request timed out after {self._options.timeout_s * 1000:.0f} ms "
@@ -274,25 +288,32 @@ class RestApi:
                 raise _TooLarge
         return body
 
-    # -- handlers: run on worker threads ------------------------------------------------
+    # -- handlers: the model APIs are coroutines on the loop, the rest run on worker threads ----
 
-    def _post(self, api: str, spec: ModelSpec, body: bytes) -> bytes:
-        doc = json_tensor.parse_object(body)
+    async def _parsed(self, parse: Callable[[bytes], T], body: bytes) -> T:
+        """Parse on the loop, or on a worker thread when the body is large enough to hold the loop up."""
+        if len(body) < _OFFLOAD_BYTES:
+            return parse(body)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, parse, body)
+
+    async def _post(self, api: str, spec: ModelSpec, body: bytes) -> Response:
+        doc = await self._parsed(json_tensor.parse_object, body)
         spec = dataclasses.replace(spec, signature_name=json_tensor.signature_name(doc, DEFAULT_SIGNATURE))
         if api == "predict":
             row_format = "instances" in doc
-            pred = self._service.predict(spec, lambda sig: json_tensor.parse_predict(doc, sig)[0])
-            return json_tensor.format_predict(pred.outputs, row_format)
+            pred = await self._service.predict(spec, lambda sig: json_tensor.parse_predict(doc, sig)[0],
+                                               offload=len(body) >= _OFFLOAD_BYTES)
+            return _json_ok(json_tensor.format_predict(pred.outputs, row_format))
         examples = example.parse_examples(doc, api)
         if api == "classify":
-            _, (classes, scores) = self._service.classify(spec, examples)
-            return example.format_classify(classes, scores, len(examples))
-        _, outputs = self._service.regress(spec, examples)
-        return example.format_regress(outputs)
+            _, (classes, scores) = await self._service.classify(spec, examples)
+            return _json_ok(example.format_classify(classes, scores, len(examples)))
+        _, outputs = await self._service.regress(spec, examples)
+        return _json_ok(example.format_regress(outputs))
 
-    def _infer(self, name: str, version: str, body: bytes, header_length: int | None) -> Response:
-        request = v2.parse_rest(body, header_length)
-        result = self._v2.infer(name, version, request)
+    async def _infer(self, name: str, version: str, body: bytes, header_length: int | None) -> Response:
+        request = await self._parsed(functools.partial(v2.parse_rest, header_length=header_length), body)
+        result = await self._v2.infer(name, version, request, offload=len(body) >= _OFFLOAD_BYTES)
         content, json_length = v2.format_rest(name, str(result.version), request, result.outputs, result.signature)
         if json_length is None:
             return Response(content, media_type=_JSON)

@@ -71,13 +71,13 @@ class V2Models:
             "outputs": [v2.tensor_metadata(info) for info in sig.outputs.values()],
         }
 
-    def infer(self, name: str, version: str, request: v2.V2Request) -> Prediction:
+    async def infer(self, name: str, version: str, request: v2.V2Request, offload: bool = False) -> Prediction:
         signature_name = request.parameters.get("signature_name", DEFAULT_SIGNATURE)
         if not isinstance(signature_name, str):
             raise invalid("parameter 'signature_name' must be a string")
         spec = ModelSpec(name, parse_version(version), signature_name=signature_name)
-        return self._service.predict(spec, lambda sig: v2.to_inputs(request, sig),
-                                     lambda sig: tuple(v2.requested_outputs(request, sig)))
+        return await self._service.predict(spec, lambda sig: v2.to_inputs(request, sig),
+                                           lambda sig: tuple(v2.requested_outputs(request, sig)), offload)
 
     def index(self, ready_only: bool) -> list[dict[str, str]]:
         return [{"name": name, "state": state, "reason": reason} for name, state, reason in self._core.index()
@@ -121,9 +121,9 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._run(context, request.name, "ModelMetadata", work)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        def work() -> pb.ModelInferResponse:
+        async def work() -> pb.ModelInferResponse:
             parsed = v2.parse_grpc(request)
-            result = self._models.infer(request.model_name, request.model_version, parsed)
+            result = await self._models.infer(request.model_name, request.model_version, parsed)
             return v2.format_grpc(request.model_name, str(result.version), parsed, result.outputs, result.signature)
         return await self._run(context, request.model_name, "ModelInfer", work)
 

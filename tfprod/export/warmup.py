@@ -9,6 +9,7 @@ already serving keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -62,29 +63,35 @@ def replay(version_dir: str, servable: Servable, iterations: int) -> tuple[int, 
     if len(records) > MAX_RECORDS:
         raise ServingError(Code.INVALID_ARGUMENT, f"Number of warmup records exceeds the maximum ({MAX_RECORDS}) "
                            f"at {path}")
+    logs = []
     for i, raw in enumerate(records):
         log = prediction_log_pb2.PredictionLog()
         try:
             log.ParseFromString(raw)
         except Exception:  # protobuf raises DecodeError, a private subclass
             raise ServingError(Code.DATA_LOSS, f"warmup record {i} in {path} is not a PredictionLog") from None
-        for _ in range(max(iterations, 1)):
-            _run(servable, log, i, path)
+        logs.append(log)
+
+    async def replay_all() -> None:  # the load thread has no event loop; the APIs' code paths want one
+        for i, log in enumerate(logs):
+            for _ in range(max(iterations, 1)):
+                await _run(servable, log, i, path)
+    asyncio.run(replay_all())
     return len(records), time.perf_counter() - started
 
 
-def _run(servable: Servable, log: prediction_log_pb2.PredictionLog, index: int, path: str) -> None:
+async def _run(servable: Servable, log: prediction_log_pb2.PredictionLog, index: int, path: str) -> None:
     kind = log.WhichOneof("log_type")
     try:
         if kind == "predict_log":
             request = log.predict_log.request
             sig = servable.signature(request.model_spec.signature_name or DEFAULT_SIGNATURE)
-            servable.run(sig, tensor_proto.to_inputs(request.inputs, sig), tuple(request.output_filter))
+            await servable.run_async(sig, tensor_proto.to_inputs(request.inputs, sig), tuple(request.output_filter))
         elif kind in ("classify_log", "regress_log"):
             request = getattr(log, kind).request
             run = classify_on if kind == "classify_log" else regress_on
-            run(servable, request.model_spec.signature_name or DEFAULT_SIGNATURE,
-                example.examples_from_input(request.input))
+            await run(servable, request.model_spec.signature_name or DEFAULT_SIGNATURE,
+                      example.examples_from_input(request.input))
         else:
             raise ServingError(Code.UNIMPLEMENTED, f"unsupported log type {kind!r}")
     except ServingError as e:

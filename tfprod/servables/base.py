@@ -7,6 +7,8 @@ it has one. The formats differ only in the runners they give it: a TensorFlow Se
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import gc
 from collections.abc import Callable, Mapping
@@ -49,6 +51,16 @@ class Servable:
         if self.batcher is not None:
             return self.batcher.run(sig, inputs, outputs)
         return self._call(sig, inputs, outputs)
+
+    async def run_async(self, sig: Signature, inputs: Mapping[str, np.ndarray], output_filter: tuple[str, ...] = (),
+                        executor: concurrent.futures.Executor | None = None) -> dict[str, np.ndarray]:
+        """`run` for callers on the event loop: a batched call awaits its batch without a thread;
+        an unbatched one holds an `executor` thread for the model call only."""
+        sig.check_input_names(list(inputs))
+        outputs = output_filter or tuple(sig.outputs)
+        if self.batcher is not None:
+            return await self.batcher.run_async(sig, inputs, outputs)
+        return await asyncio.get_running_loop().run_in_executor(executor, self._call, sig, inputs, outputs)
 
     def _call(self, sig: Signature, inputs: Mapping[str, np.ndarray],
               outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
