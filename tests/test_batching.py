@@ -262,3 +262,43 @@ def test_batches_in_flight_finish_across_a_version_swap(server: ServerProcess) -
     r = server.client.post("/v2/models/probe/infer", json={"inputs": [
         {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]})
     assert r.json()["model_version"] == "3"
+
+
+def test_waiting_callers_hold_no_thread(start_server: Any, tmp_path: Any) -> None:
+    """With one REST and one gRPC worker thread, seven concurrent callers still meet in one batch
+    (padded to eight) and the server starts no thread for them: they await their batch on the
+    event loop, not on a worker thread each."""
+    probe = tmp_path / "probe"
+    saved_models.batch_probe(str(probe / "1"))
+    (tmp_path / "batching.config").write_text(PARAMS)
+    server = start_server(["--model_name=probe", f"--model_base_path={probe}", "--enable_batching",
+                           f"--batching_parameters_file={tmp_path / 'batching.config'}",
+                           "--rest_api_num_threads=1", "--grpc_max_threads=1"])
+    channel = grpc.insecure_channel(server.grpc_target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    rest(server, np.zeros((1, 3), np.float32))
+    grpc_predict(stub, np.zeros((1, 3), np.float32))  # every pool and TensorFlow's own threads started
+
+    def threads() -> int:
+        with open(f"/proc/{server.proc.pid}/status") as f:
+            return int(next(line for line in f if line.startswith("Threads:")).split()[1])
+    before, during = threads(), []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            during.append(threads())
+            sampling.wait(0.02)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    xs = [np.full((1, 3), float(i), np.float32) for i in range(7)]
+    calls = [(lambda x=x: rest(server, x)) if i % 2 else (lambda x=x: grpc_predict(stub, x)) for i, x in enumerate(xs)]
+    results = together(calls)  # not a full batch: they wait the 0.4 s batch timeout
+    sampling.set()
+    sampler.join()
+    channel.close()
+    assert max(during) <= before + 1, (before, during)  # no thread per waiting caller
+    for x, got in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(got["y"], 2.0 * x)
+    assert [got["rows"].tolist() for got in results] == [[8]] * 7, [got["rows"].tolist() for got in results]
+    assert len(during) > 10  # sampled all through the wait
