@@ -24,8 +24,8 @@ lint: install
 	$(BIN)/mypy tfprod
 
 bench: install  # the comparison of bench/run.py; BENCH_ARGS=--no-peer skips MLServer
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq wrk)
+	(command -v wrk && command -v h2load) >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk nghttp2-client) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq wrk nghttp2-client)
 	$(BIN)/pip install -q -e ".[bench]"
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python bench/run.py $(BENCH_ARGS)
 
