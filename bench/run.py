@@ -248,13 +248,19 @@ class SavedModel(MLModel):
 '''
 
 
+# uvloop 0.22+ raises in asyncio.get_event_loop() without a running loop, which MLServer 1.7's
+# parallel workers call at start: they crash in a loop.
+PEER_PACKAGES = ("mlserver", "uvloop<0.22", "tensorflow==2.21.*")
+
+
 def mlserver_server(models: str) -> Server:
-    if not os.path.exists(os.path.join(PEER_VENV, ".installed")):
+    marker = os.path.join(PEER_VENV, ".installed")
+    if not os.path.exists(marker) or open(marker).read() != " ".join(PEER_PACKAGES):
         print("installing MLServer into bench/.venv-peer (once) ...", flush=True)
         subprocess.run([PY, "-m", "venv", PEER_VENV], check=True)
-        subprocess.run([os.path.join(PEER_VENV, "bin", "pip"), "install", "-q", "mlserver", "tensorflow==2.21.*"],
-                       check=True)
-        open(os.path.join(PEER_VENV, ".installed"), "w").close()
+        subprocess.run([os.path.join(PEER_VENV, "bin", "pip"), "install", "-q", *PEER_PACKAGES], check=True)
+        with open(marker, "w") as f:
+            f.write(" ".join(PEER_PACKAGES))
     folder = tempfile.mkdtemp(prefix="mlserver-")
     with open(os.path.join(folder, "runtime.py"), "w") as f:
         f.write(MLSERVER_RUNTIME)
