@@ -302,3 +302,22 @@ def test_waiting_callers_hold_no_thread(start_server: Any, tmp_path: Any) -> Non
         np.testing.assert_array_equal(got["y"], 2.0 * x)
     assert [got["rows"].tolist() for got in results] == [[8]] * 7, [got["rows"].tolist() for got in results]
     assert len(during) > 10  # sampled all through the wait
+
+
+def test_a_caller_that_hangs_up_is_dropped_before_its_batch(server: ServerProcess) -> None:
+    """A REST client that gives up while its request waits for the batch thread never reaches the
+    model: the batch after it runs the next caller, not the abandoned one."""
+    import httpx
+
+    ran = ':tensorflow:serving:batching_session:queuing_latency_count{model_name="slow"}'
+    before = _metric(server, ran)
+    first = threading.Thread(target=lambda: server.client.post("/v1/models/slow:predict",
+                                                               json={"instances": [2.0]}))
+    first.start()  # holds the one batch thread for 2 s
+    server.wait_until(lambda: _metric(server, ran) >= before + 1, 10, "the first slow call to start")
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=server.url, timeout=0.5) as impatient:
+        impatient.post("/v1/models/slow:predict", json={"instances": [5.0]})  # would hold the thread 5 s
+    first.join(timeout=30)
+    r = server.client.post("/v1/models/slow:predict", json={"instances": [0.0]})
+    assert (r.status_code, r.json()) == (200, {"predictions": [0.0]})
+    assert _metric(server, ran) == before + 2  # the first call and the last one: the abandoned one never ran

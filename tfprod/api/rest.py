@@ -76,6 +76,19 @@ class _TooLarge(Exception):
     pass
 
 
+class _ClientGone(Exception):
+    pass
+
+
+_WATCH_AFTER_S = 0.05
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has hung up (the body was read already: the next message is that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 # A route's work, given the request body: a coroutine function (the model APIs, on the event loop)
 # or a plain function (run on a worker thread).
 Handler = Callable[[bytes], Response] | Callable[[bytes], Awaitable[Response]]
@@ -207,7 +220,7 @@ class RestApi:
             if self._options.max_json_depth is not None and body:  # linear in the body: large ones off the loop
                 body = await self._parsed(functools.partial(self._shallow, api=api, request=request), body)
             with guard.slot():
-                return await self._run(work, body)
+                return await self._run(work, body, request.receive)
         except RateLimited as e:
             status = e.code.name
             response = _error_response(e)
@@ -218,6 +231,9 @@ class RestApi:
             if e.code == Code.UNAUTHENTICATED:
                 model = ""  # a stranger's model names must not become metric series
             return _error_response(e)
+        except _ClientGone:
+            status = Code.CANCELLED.name
+            return _json_response(499, {"error": "the client closed the connection"})  # nobody reads it
         except _TooLarge:
             status = Code.RESOURCE_EXHAUSTED.name
             return _json_response(413, {"error": f"Request body is larger than the limit of "
@@ -229,20 +245,36 @@ class RestApi:
         finally:
             self._metrics.record_request(model, status, api, "REST", time.perf_counter() - started)
 
-    async def _run(self, work: Handler, body: bytes) -> Response:
+    async def _run(self, work: Handler, body: bytes, receive: Receive) -> Response:
         """A model API's coroutine on the loop (it awaits its batch there); anything else, the JSON
-        depth check included, on a worker thread."""
+        depth check included, on a worker thread. Within the timeout; and a model call still
+        waiting after `_WATCH_AFTER_S` is cancelled when its client hangs up (so a batch that has not
+        started drops it), watched only from then on, so that quick answers pay nothing for it."""
         if inspect.iscoroutinefunction(work):
             running: Awaitable[Response] = work(body)
         else:
             on_thread = cast(Callable[[bytes], Response], work)
             running = asyncio.get_running_loop().run_in_executor(self._executor, on_thread, body)
+        timeout = self._options.timeout_s
+        task = asyncio.ensure_future(running)
         try:
-            return await asyncio.wait_for(running, timeout=self._options.timeout_s)
-        except TimeoutError:
+            done, _ = await asyncio.wait({task}, timeout=min(_WATCH_AFTER_S, timeout))
+            if not done:
+                gone = asyncio.ensure_future(_disconnected(receive))
+                either: set[asyncio.Future[Any]] = {task, gone}
+                finished, _ = await asyncio.wait(either, timeout=timeout - _WATCH_AFTER_S,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                gone.cancel()
+                if gone in finished and task not in finished:
+                    raise _ClientGone
+                done = {task} if task in finished else set()
+        finally:
+            if not task.done():
+                task.cancel()
+        if task not in done:
             raise ServingError(Code.DEADLINE_EXCEEDED,
-                               f"Request timed out after {self._options.timeout_s * 1000:.0f} ms "
-                               "(--rest_api_timeout_in_ms)") from None
+                               f"Request timed out after {timeout * 1000:.0f} ms (--rest_api_timeout_in_ms)")
+        return task.result()
 
     async def _read_within_timeout(self, request: Request) -> bytes:
         """A body that trickles in slower than the request timeout is refused (a slow client must
