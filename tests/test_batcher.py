@@ -146,3 +146,63 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on() -> None:
 def test_inconsistent_parameters_are_refused(options: BatchingOptions, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         options.validate()
+
+
+class Blocking(Model):
+    """Model whose first batch waits for `release`: the one batch thread stays busy meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release, self.started = threading.Event(), threading.Event()
+
+    def __call__(self, sig: Signature, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict:
+        if not self.started.is_set():
+            self.started.set()
+            self.release.wait(10)
+        return super().__call__(sig, inputs, outputs)
+
+
+def _busy(options: BatchingOptions) -> tuple[Blocking, Batcher, threading.Thread]:
+    model = Blocking()
+    batcher = Batcher("m", model, options)
+    blocker = threading.Thread(target=batcher.run, args=(SIG, {"x": np.ones((1, 1), np.float32)}, ("y", "rows")))
+    blocker.start()
+    assert model.started.wait(10)
+    return model, batcher, blocker
+
+
+def test_cancelled_callers_free_their_place_in_the_queue() -> None:
+    import asyncio
+
+    model, batcher, blocker = _busy(BatchingOptions(max_batch_size=4, max_enqueued_batches=1, num_batch_threads=1))
+
+    async def scenario() -> dict:
+        gone = [asyncio.ensure_future(batcher.run_async(SIG, {"x": np.ones((1, 1), np.float32)}, ("y", "rows")))
+                for _ in range(4)]  # the queue's one batch is full of them
+        await asyncio.sleep(0.05)
+        for task in gone:
+            task.cancel()
+        await asyncio.gather(*gone, return_exceptions=True)
+        live = asyncio.ensure_future(batcher.run_async(SIG, {"x": np.full((1, 1), 3.0, np.float32)}, ("y", "rows")))
+        await asyncio.sleep(0.05)
+        model.release.set()
+        return await live
+
+    got = asyncio.run(scenario())
+    blocker.join(10)
+    batcher.close()
+    np.testing.assert_array_equal(got["y"], [[6.0]])
+    assert model.batches == [1, 1]  # the blocker, then the live caller alone: the cancelled never ran
+
+
+def test_a_refused_split_task_leaves_no_rows_behind() -> None:
+    model, batcher, blocker = _busy(BatchingOptions(max_batch_size=8, enable_large_batch_splitting=True,
+                                                    max_execution_batch_size=2, max_enqueued_batches=2,
+                                                    num_batch_threads=1))
+    with pytest.raises(ServingError) as e:
+        batcher.run(SIG, {"x": np.ones((6, 1), np.float32)}, ("y", "rows"))  # 3 chunks, room for 2
+    assert e.value.code == Code.UNAVAILABLE
+    model.release.set()
+    blocker.join(10)
+    batcher.close()
+    assert model.batches == [1]  # none of the refused task's chunks ran

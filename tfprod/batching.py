@@ -23,6 +23,7 @@ import asyncio
 import bisect
 import collections
 import dataclasses
+import functools
 import os
 import threading
 import time
@@ -80,7 +81,7 @@ class BatchStats(Protocol):
     def record_batch(self, model: str, queuing_s: Sequence[float], input_size: int, processed_size: int) -> None: ...
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: a queue removes exactly this task
 class _Task:
     inputs: dict[str, np.ndarray]
     rows: int
@@ -129,16 +130,15 @@ class Batcher:
             raise
 
     def _submit(self, sig: Signature, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> list[Future[Any]]:
+        """Queue a task's chunks all at once or not at all (a refused task leaves no rows behind)."""
         rows = _rows(inputs)
         opts = self._options
         if rows > opts.max_batch_size and not opts.enable_large_batch_splitting:
             raise invalid(f"Task size {rows} is larger than maximum input batch size {opts.max_batch_size}")
         size = opts.execution_size
-        chunks = [{k: v[i:i + size] for k, v in inputs.items()} for i in range(0, max(rows, 1), size)]
-        return [self._enqueue(sig, chunk, outputs) for chunk in chunks]
-
-    def _enqueue(self, sig: Signature, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> Future[Any]:
-        task = _Task(inputs, _rows(inputs), time.monotonic(), Future())
+        now = time.monotonic()
+        tasks = [_Task(chunk, _rows(chunk), now, Future()) for chunk in
+                 ({k: v[i:i + size] for k, v in inputs.items()} for i in range(0, max(rows, 1), size))]
         key = (sig.name, outputs)
         with self._cond:
             if self._closed:
@@ -146,16 +146,28 @@ class Batcher:
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = _Queue(sig, outputs)
-            size = self._options.execution_size
             enqueued = -(-queue.rows // size)
-            if -(-(queue.rows + task.rows) // size) > self._options.max_enqueued_batches:
+            if -(-(queue.rows + rows) // size) > opts.max_enqueued_batches:
                 raise ServingError(Code.UNAVAILABLE, "The batch scheduling queue to which this task was submitted "
                                    f"is full; currently {enqueued} batches enqueued and max_enqueued_batches is "
-                                   f"{self._options.max_enqueued_batches}")
-            queue.tasks.append(task)
-            queue.rows += task.rows
+                                   f"{opts.max_enqueued_batches}")
+            queue.tasks.extend(tasks)
+            queue.rows += rows
             self._cond.notify()
-        return task.future
+        for task in tasks:  # a caller that gives up frees its place in the queue at once
+            task.future.add_done_callback(functools.partial(self._forget, queue, task))
+        return [t.future for t in tasks]
+
+    def _forget(self, queue: _Queue, task: _Task, future: Future[Any]) -> None:
+        """A cancelled task leaves its queue (unless a batch thread took it already: it drops it)."""
+        if not future.cancelled():
+            return
+        with self._cond:
+            try:
+                queue.tasks.remove(task)
+            except ValueError:
+                return
+            queue.rows -= task.rows
 
     def close(self) -> None:
         """Finish what is queued, then stop the threads."""

@@ -62,6 +62,9 @@ def _first_repeated(names: tuple[str, ...]) -> str:
     return next(n for i, n in enumerate(names) if n in names[:i])
 
 
+OFFLOAD_BYTES = 256 * 1024  # messages from this size are decoded on a worker thread, not on the event loop
+
+
 class Runner:
     """Runs one RPC's work on the worker pool within its deadline; records metrics; answers
     errors with their gRPC codes. Shared by every gRPC service of the server."""
@@ -185,7 +188,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if len(set(output_filter)) != len(output_filter):
             raise invalid(f"duplicate output tensor alias: {_first_repeated(output_filter)}")
         pred = await self._service.predict(spec, lambda sig: tensor_proto.to_inputs(request.inputs, sig),
-                                           output_filter)
+                                           output_filter, offload=request.ByteSize() >= OFFLOAD_BYTES)
         response = predict_pb2.PredictResponse(
             model_spec=messages.model_spec(spec.name, pred.version, spec.signature_name))
         for name, arr in pred.outputs.items():

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tfprod import __version__
-from tfprod.api.grpc_api import Runner
+from tfprod.api.grpc_api import OFFLOAD_BYTES, Runner
 from tfprod.codec import v2
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.protos import grpc_predict_v2_pb2 as pb
@@ -123,7 +123,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         async def work() -> pb.ModelInferResponse:
             parsed = v2.parse_grpc(request)
-            result = await self._models.infer(request.model_name, request.model_version, parsed)
+            result = await self._models.infer(request.model_name, request.model_version, parsed,
+                                              offload=request.ByteSize() >= OFFLOAD_BYTES)
             return v2.format_grpc(request.model_name, str(result.version), parsed, result.outputs, result.signature)
         return await self._run(context, request.model_name, "ModelInfer", work)
 

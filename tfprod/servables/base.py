@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import gc
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +38,8 @@ class Servable:
     batcher: Batcher | None = None
     audit: dict[str, Any] | None = None  # assets.extra/tfprod_metadata.json, when the export wrote one
     _close: Callable[[], None] | None = None  # releases what the runners hold outside Python (a Session)
+    _in_flight: threading.Condition = dataclasses.field(default_factory=threading.Condition, repr=False)
+    _running: int = 0  # unbatched calls on an executor thread now
 
     def signature(self, name: str) -> Signature:
         sig = self.signatures.get(name)
@@ -60,7 +63,20 @@ class Servable:
         outputs = output_filter or tuple(sig.outputs)
         if self.batcher is not None:
             return await self.batcher.run_async(sig, inputs, outputs)
-        return await asyncio.get_running_loop().run_in_executor(executor, self._call, sig, inputs, outputs)
+        return await asyncio.get_running_loop().run_in_executor(executor, self._call_tracked, sig, inputs, outputs)
+
+    def _call_tracked(self, sig: Signature, inputs: Mapping[str, np.ndarray],
+                      outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """A caller that gives up (deadline, hang-up) releases its handle while its call runs on:
+        `unload` waits for such calls, as the batcher's close waits for its batches."""
+        with self._in_flight:
+            self._running += 1
+        try:
+            return self._call(sig, inputs, outputs)
+        finally:
+            with self._in_flight:
+                self._running -= 1
+                self._in_flight.notify_all()
 
     def _call(self, sig: Signature, inputs: Mapping[str, np.ndarray],
               outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -76,6 +92,8 @@ class Servable:
         batcher, self.batcher = self.batcher, None
         if batcher is not None:
             batcher.close()
+        with self._in_flight:
+            self._in_flight.wait_for(lambda: not self._running)
         self._runners.clear()
         close, self._close = self._close, None
         if close is not None:
