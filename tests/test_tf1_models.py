@@ -251,3 +251,22 @@ def test_ports_open_only_once_the_configured_models_loaded(base, tmp_path) -> No
         assert len(codes) > 1  # the loop did start before the server was up
     finally:
         server.stop()
+
+
+def test_unknown_output_alias_is_refused_and_the_metagraph_stays_as_served(base) -> None:  # type: ignore[no-untyped-def]
+    """Every caller of a servable (the APIs, warmup) gets TF Serving's text; the served MetaGraph
+    (what GetModelMetadata shows) is not touched by the lookup."""
+    from tfprod.core.manager import ServableId
+    from tfprod.errors import ServingError
+    from tfprod.servables import saved_model
+
+    servable = saved_model.load(ServableId("hpt", 1), os.path.join(base, "1"))
+    try:
+        sig = servable.signature("serving_default")
+        with pytest.raises(ServingError, match="output tensor alias not found in signature: nope Outputs expected "
+                                               r"to be in the set \{y\}"):
+            servable.run(sig, {"x": np.array([1.0], np.float32)}, ("nope",))
+        assert list(servable.meta_graph.signature_def["serving_default"].outputs) == ["y"]
+        assert servable.run(sig, {"x": np.array([1.0], np.float32)}, ("y", "y"))["y"].tolist() == [2.5]
+    finally:
+        servable.unload()

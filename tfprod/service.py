@@ -166,10 +166,6 @@ async def _run(servable: Servable, signature_name: str, decode: Decode | AsyncDe
     sig = servable.signature(signature_name)
     if callable(output_filter):
         output_filter = output_filter(sig)
-    for name in output_filter:
-        if name not in sig.outputs:
-            raise invalid(f"output tensor alias not found in signature: {name} Outputs expected "
-                          f"to be in the set {{{','.join(sorted(sig.outputs))}}}.")
     inputs = decode(sig)
     if inspect.isawaitable(inputs):
         inputs = await inputs

@@ -76,3 +76,9 @@ class Signature:
             if name not in self.inputs:
                 raise invalid(f"input tensor alias not found in signature: {name}. Inputs expected to be in "
                               f"the set {{{','.join(sorted(self.inputs))}}}.")
+
+    def check_output_names(self, names: Collection[str]) -> None:
+        for name in names:
+            if name not in self.outputs:
+                raise invalid(f"output tensor alias not found in signature: {name} Outputs expected "
+                              f"to be in the set {{{','.join(sorted(self.outputs))}}}.")

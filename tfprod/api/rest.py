@@ -248,8 +248,8 @@ class RestApi:
             self._metrics.record_request(model, status, api, "REST", time.perf_counter() - started)
 
     async def _run(self, work: Handler, body: bytes, receive: Receive) -> Response:
-        """A model API's coroutine on the loop (it awaits its batch there); anything else, the JSON
-        depth check included, on a worker thread. Within the timeout; and a model call still
+        """A model API's coroutine on the loop (it awaits its batch there); anything else on a worker
+        thread. Within the timeout; and a model call still
         waiting after `_WATCH_AFTER_S` is cancelled when its client hangs up (so a batch that has not
         started drops it), watched only from then on, so that quick answers pay nothing for it."""
         if inspect.iscoroutinefunction(work):
@@ -324,11 +324,19 @@ class RestApi:
 
     # -- handlers: the model APIs are coroutines on the loop, the rest run on worker threads ----
 
+    async def _off_loop_if(self, large: bool, work: Callable[[], T]) -> T:
+        """On the loop, or on a worker thread when the payload is large enough to hold the loop up
+        (parsing a body of `_OFFLOAD_BYTES`, writing `_OFFLOAD_ELEMENTS` values: a million floats
+        take ~90 ms to write as JSON)."""
+        if not large:
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
     async def _parsed(self, parse: Callable[[bytes], T], body: bytes) -> T:
-        """Parse on the loop, or on a worker thread when the body is large enough to hold the loop up."""
-        if len(body) < _OFFLOAD_BYTES:
-            return parse(body)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, parse, body)
+        return await self._off_loop_if(len(body) >= _OFFLOAD_BYTES, functools.partial(parse, body))
+
+    async def _encoded(self, outputs: Mapping[str, np.ndarray], encode: Callable[[], T]) -> T:
+        return await self._off_loop_if(sum(arr.size for arr in outputs.values()) >= _OFFLOAD_ELEMENTS, encode)
 
     async def _post(self, api: str, spec: ModelSpec, body: bytes) -> Response:
         doc = await self._parsed(json_tensor.parse_object, body)
@@ -339,19 +347,13 @@ class RestApi:
                                                offload=len(body) >= _OFFLOAD_BYTES)
             return _json_ok(await self._encoded(pred.outputs, functools.partial(
                 json_tensor.format_predict, pred.outputs, row_format)))
-        examples = await self._parsed(lambda _: example.parse_examples(doc, api), body)
+        examples = await self._off_loop_if(len(body) >= _OFFLOAD_BYTES,
+                                           functools.partial(example.parse_examples, doc, api))
         if api == "classify":
             _, (classes, scores) = await self._service.classify(spec, examples)
             return _json_ok(example.format_classify(classes, scores, len(examples)))
         _, outputs = await self._service.regress(spec, examples)
         return _json_ok(example.format_regress(outputs))
-
-    async def _encoded(self, outputs: Mapping[str, np.ndarray], encode: Callable[[], T]) -> T:
-        """Encode on the loop, or on a worker thread when the outputs are large (a million floats
-        take ~90 ms to write as JSON)."""
-        if sum(arr.size for arr in outputs.values()) < _OFFLOAD_ELEMENTS:
-            return encode()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, encode)
 
     async def _infer(self, name: str, version: str, body: bytes, header_length: int | None) -> Response:
         request = await self._parsed(functools.partial(v2.parse_rest, header_length=header_length), body)

@@ -49,8 +49,7 @@ class Servable:
 
     def run(self, sig: Signature, inputs: Mapping[str, np.ndarray],
             output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        sig.check_input_names(list(inputs))  # shapes are the runtime's to judge, as in TF Serving
-        outputs = output_filter or tuple(sig.outputs)
+        outputs = _checked(sig, inputs, output_filter)
         if self.batcher is not None:
             return self.batcher.run(sig, inputs, outputs)
         return self._call(sig, inputs, outputs)
@@ -59,8 +58,7 @@ class Servable:
                         executor: concurrent.futures.Executor | None = None) -> dict[str, np.ndarray]:
         """`run` for callers on the event loop: a batched call awaits its batch without a thread;
         an unbatched one holds an `executor` thread for the model call only."""
-        sig.check_input_names(list(inputs))
-        outputs = output_filter or tuple(sig.outputs)
+        outputs = _checked(sig, inputs, output_filter)
         if self.batcher is not None:
             return await self.batcher.run_async(sig, inputs, outputs)
         return await asyncio.get_running_loop().run_in_executor(executor, self._call_tracked, sig, inputs, outputs)
@@ -99,6 +97,14 @@ class Servable:
         if close is not None:
             close()
         gc.collect()  # a graph's Python objects form cycles; cheap while the rest is frozen (freeze_heap)
+
+
+def _checked(sig: Signature, inputs: Mapping[str, np.ndarray], output_filter: tuple[str, ...]) -> tuple[str, ...]:
+    """The names TF Serving checks, for every format and caller (warmup too); shapes are the
+    runtime's to judge, as in TF Serving. The outputs to fetch: all when none are named."""
+    sig.check_input_names(list(inputs))
+    sig.check_output_names(output_filter)
+    return output_filter or tuple(sig.outputs)
 
 
 def audit(path: str) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from tfprod.core.manager import ServableId
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.format.saved_model import is_complete, read_meta_graph, signatures_of
 from tfprod.servables.base import Servable, SignatureRunner, audit
+from tfprod.signature import Signature
 
 _NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|\s+File |\s*\[\[)")
 
@@ -99,17 +100,15 @@ class _Session:
                 self._callables.popitem(last=False)
         return fn
 
-    def runner(self, name: str) -> SignatureRunner:
-        fetches = self._fetches[name]
+    def runner(self, sig: Signature) -> SignatureRunner:
+        """Inputs in the callable's feed order (the signature's sorted aliases, fixed at load); outputs
+        already checked against the signature by `Servable`."""
+        name, aliases = sig.name, tuple(sig.inputs)
 
         def run(inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-            unknown = [k for k in outputs if k not in fetches]
-            if unknown:
-                raise invalid(f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be "
-                              f"in the set {{{','.join(sorted(fetches))}}}.")
             wanted = tuple(sorted(set(outputs)))  # one callable per set, whatever order clients name them in
             try:
-                values = self._callable(name, wanted)(*(inputs[k] for k in sorted(inputs)))
+                values = self._callable(name, wanted)(*(inputs[k] for k in aliases))
             except tf.errors.InvalidArgumentError as e:
                 raise invalid(_tf_message(e)) from None
             except tf.errors.OpError as e:
@@ -152,7 +151,7 @@ def load(sid: ServableId, path: str, tags: frozenset[str] = frozenset({"serve"})
     signatures = signatures_of(meta_graph)
     for name in signatures:
         model.pin(name)
-    runners = {name: model.runner(name) for name in signatures}
+    runners = {name: model.runner(sig) for name, sig in signatures.items()}
     servable = Servable(sid, path, meta_graph, signatures, runners, audit=metadata, _close=model.close)
     servable.batch_with(own_batching, batch_stats)
     return servable
