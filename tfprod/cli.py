@@ -56,6 +56,10 @@ def serve_parser() -> argparse.ArgumentParser:
     ports.add_argument("--rest_api_port", type=int, default=0,
                        help="REST/HTTP port; 0 turns REST off (default: 0, as TF Serving)")
     ports.add_argument("--host", default="0.0.0.0", help="address to bind (tfprod; default: 0.0.0.0)")
+    ports.add_argument("--num_workers", type=int, default=1,
+                       help="serving processes sharing the REST and gRPC ports, each with its own copy of every "
+                            "model, under one supervisor that restarts a worker that dies (tfprod; default: 1; "
+                            "docs/serving.md#workers)")
     ports.add_argument("--rest_api_num_threads", type=int, default=4 * (os.cpu_count() or 1),
                        help="worker threads running REST requests (default: 4 x CPUs)")
     ports.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
@@ -129,7 +133,12 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def _serve(argv: Sequence[str]) -> int:
     args = serve_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    from tfprod.workers.pool import Slot
+
+    worker = Slot.from_env()
+    where = f" [worker {worker.index}]" if worker else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s",
+                        force=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not (args.model_config_file or args.model_base_path):
         return _fail("give --model_base_path (with --model_name) or --model_config_file")
@@ -144,7 +153,6 @@ def _serve(argv: Sequence[str]) -> int:
     if args.batching_parameters_file and not args.enable_batching:
         return _fail("--batching_parameters_file is set but --enable_batching is not: add --enable_batching")
     from tfprod.api.grpc_server import GrpcOptions, parse_channel_arguments
-    from tfprod.api.rest import RestOptions
     from tfprod.batching import BatchingOptions
     from tfprod.config.model_config import (
         ConfigError,
@@ -155,7 +163,6 @@ def _serve(argv: Sequence[str]) -> int:
         read_ssl_config,
     )
     from tfprod.security.config import SecurityConfig, read_security_config
-    from tfprod.server import ServerOptions, run
 
     try:
         if args.model_config_file:
@@ -172,7 +179,19 @@ def _serve(argv: Sequence[str]) -> int:
                         else BatchingOptions())
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
+    if args.num_workers > 1 and worker is None:
+        if args.grpc_socket_path:
+            return _fail("--grpc_socket_path cannot be shared by --num_workers processes: use --port")
+        from tfprod.workers import supervisor
+
+        busy = supervisor.check_ports_free(args.host, [p for p in (args.port, args.rest_api_port) if p > 0])
+        if busy:
+            return _fail(busy)
+        return supervisor.supervise(argv, args.num_workers)
+    # TensorFlow is imported from here on (a supervisor gets this far without it)
+    from tfprod.api.rest import RestOptions
     from tfprod.export.migrate import keras_files_without_saved_model
+    from tfprod.server import ServerOptions, run
 
     for m in models:
         keras = keras_files_without_saved_model(m.base_path)
@@ -223,6 +242,7 @@ def _serve(argv: Sequence[str]) -> int:
                 ssl=ssl,
             ),
             security=security or SecurityConfig(),
+            worker=worker,
         ))
     except OSError as e:
         return _fail(str(e))

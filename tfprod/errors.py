@@ -38,6 +38,9 @@ class ServingError(Exception):
     def __repr__(self) -> str:
         return f"ServingError({self.code.name}, {self.message!r})"
 
+    def __reduce__(self) -> tuple[type[ServingError], tuple[Code, str]]:  # crosses between workers
+        return ServingError, (self.code, self.message)
+
 
 def invalid(message: str) -> ServingError:
     return ServingError(Code.INVALID_ARGUMENT, message)

@@ -13,13 +13,15 @@ import copy
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tfprod.core.manager import ServableId
+from tfprod.core.manager import ServableId, VersionStatus
 from tfprod.core.states import State
 from tfprod.errors import ServingError
+from tfprod.workers.pool import merge_statuses
 
 # TF Serving's request latency buckets: Exponential(10, 1.8, 33) microseconds.
 LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
@@ -46,6 +48,10 @@ class _Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def add(self, other: _Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
     def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
         cumulative, buckets = 0, []
         for bound, c in zip([*map(_bound, self.bounds), "+Inf"], self.counts, strict=True):
@@ -64,8 +70,13 @@ _BATCH_HISTOGRAMS = {  # name -> (help, buckets)
 }
 
 
+_COUNTERS = ("_requests", "_loads", "_wrapped_runs", "_refusals")
+_HISTOGRAMS = ("_latency", "_batching", "_warmup")
+
+
 class ServingMetrics(Collector):
-    """Register with `registry.register(metrics)` in the composition root."""
+    """Register with `registry.register(metrics)` in the composition root. In a pool of workers,
+    `merged` sums every worker's `snapshot` into one collector for a scrape."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -112,6 +123,35 @@ class ServingMetrics(Collector):
                 for v in values:
                     hist.observe(v)
             self._wrapped_runs[model] += 1
+
+    def snapshot(self) -> dict[str, dict[Any, Any]]:
+        """Every series, as plain data another process can merge."""
+        with self._lock:
+            return {name: copy.deepcopy(dict(getattr(self, name))) for name in (*_COUNTERS, *_HISTOGRAMS, "_states")}
+
+    @classmethod
+    def merged(cls, snapshots: Sequence[dict[str, dict[Any, Any]]]) -> ServingMetrics:
+        """Counters and histograms summed; a version's state as the pool's (see merge_statuses)."""
+        out = cls()
+        for snap in snapshots:
+            for name in _COUNTERS:
+                counts = getattr(out, name)
+                for key, n in snap[name].items():
+                    counts[key] += n
+            for name in _HISTOGRAMS:
+                histograms = getattr(out, name)
+                for key, h in snap[name].items():
+                    if key in histograms:
+                        histograms[key].add(h)
+                    else:
+                        histograms[key] = copy.deepcopy(h)
+        models = {model for snap in snapshots for model, _ in snap["_states"]}
+        for model in models:
+            per_worker = [[VersionStatus(int(v), State(value)) for (m, v), value in snap["_states"].items()
+                           if m == model] for snap in snapshots]
+            for status in merge_statuses(per_worker):
+                out._states[(model, str(status.version))] = status.state.value
+        return out
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:

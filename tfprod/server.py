@@ -11,12 +11,14 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 import uvloop
+from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -41,6 +43,7 @@ from tfprod.servables import saved_model, tflite
 from tfprod.servables.base import Servable, freeze_heap
 from tfprod.server_core import ServerCore
 from tfprod.service import InputBounds, Service
+from tfprod.workers.pool import Pool, Slot
 
 log = logging.getLogger("tfprod.server")
 
@@ -70,6 +73,7 @@ class ServerOptions:
     grpc: GrpcOptions = GrpcOptions()
     security: SecurityConfig = SecurityConfig()
     grace_s: float = 30.0  # how long a stop waits for gRPC calls in flight
+    worker: Slot | None = None  # this process's place in a pool of workers (tfprod.workers), if any
 
 
 class _Uvicorn(uvicorn.Server):
@@ -81,8 +85,25 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket other workers of the pool bind too: the kernel spreads connections over
+    them (SO_REUSEPORT). uvicorn cannot set the option itself, so it is handed the socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcServer | None,
-                 core: ServerCore) -> None:
+                 core: ServerCore, pool: Pool | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,11 +131,19 @@ async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcS
                                 ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.require_client_cert else
                                 ssl.CERT_OPTIONAL if tls and tls.client_ca_file else ssl.CERT_NONE)
         rest = _Uvicorn(config)
-        waits.append(asyncio.create_task(rest.serve()))
+        sockets = [_shared_socket(options.host, options.rest_api_port)] if pool is not None else None
+        waits.append(asyncio.create_task(rest.serve(sockets)))
+        while not rest.started and not waits[-1].done():
+            await asyncio.sleep(0.01)
+    if pool is not None and not any(w.done() for w in waits):
+        pool.open()
+        log.info("worker %d serving", pool.slot.index)
     done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     if waits[0] not in done:  # REST stopped on its own: it could not start
         raise OSError(f"cannot serve REST on {options.host}:{options.rest_api_port} (see the log above)")
     log.info("stopping: refusing new requests, finishing the ones in flight")
+    if pool is not None:
+        pool.close()
     if rest is not None:
         rest.should_exit = True
     await asyncio.gather(*waits[1:], grpc_server.stop(options.grace_s) if grpc_server else asyncio.sleep(0))
@@ -223,9 +252,20 @@ def run(options: ServerOptions) -> None:
     model_pool = concurrent.futures.ThreadPoolExecutor(max(options.rest.num_threads, options.grpc.max_threads),
                                                        thread_name_prefix="tfprod-model")
     service = Service(manager, options.enable_signature_method_name_check,
-                      InputBounds(limits.max_tensor_elements, limits.max_batch_rows), model_pool)
+                      InputBounds(limits.max_tensor_elements, limits.max_batch_rows), model_pool, core.statuses)
     v2models = V2Models(service, core)
-    app = RestApi(service, core, v2models, metrics, registry, options.rest, guard) if options.rest_api_port else None
+    pool = None
+    if options.worker is not None:
+        pool = Pool(options.worker, {**core.pool_handlers(), "metrics": metrics.snapshot})
+
+    def exposition() -> bytes:
+        if pool is None:
+            return generate_latest(registry)
+        merged = CollectorRegistry(auto_describe=True)
+        merged.register(ServingMetrics.merged([metrics.snapshot(), *pool.gather("metrics")]))
+        return generate_latest(merged)
+
+    app = RestApi(service, core, v2models, metrics, exposition, options.rest, guard) if options.rest_api_port else None
     grpc_pool = concurrent.futures.ThreadPoolExecutor(options.grpc.max_threads, thread_name_prefix="tfprod-grpc")
     grpc_server = None
     if options.grpc.port or options.grpc.socket_path:
@@ -245,14 +285,19 @@ def run(options: ServerOptions) -> None:
     freeze_heap()  # before the first load: see freeze_heap
     guard.watch()
     manager.start()
-    core.apply(options.models)
+    if pool is not None:
+        core.start_in_pool(pool, options.models)
+    else:
+        core.apply(options.models)
     source.start()
     if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
-        core.poll_config_file(options.model_config_file, options.model_config_file_poll_wait_seconds)
+        core.poll_config_file(options.model_config_file, options.model_config_file_poll_wait_seconds, options.models)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop: REST's fast path
-            runner.run(_serve(options, app, grpc_server, core))
+            runner.run(_serve(options, app, grpc_server, core, pool))
     finally:
+        if pool is not None:
+            pool.close()
         log.info("shutting down: unloading models")
         guard.stop()
         core.stop()

@@ -6,20 +6,25 @@ a configured model and load it again; an unloaded model stays unloaded across co
 until it is loaded again or leaves the config. With
 --model_config_file_poll_wait_seconds the file is re-read; a file that fails to parse is
 logged and the running config stays.
+
+In a pool of workers (`tfprod.workers`) status and readiness are the pool's, and a reload, load
+or unload asked of one worker is applied by all before it is answered.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tfprod.config.model_config import ConfigError, ModelConfig, read_model_config_file
-from tfprod.core.manager import Manager
+from tfprod.core.manager import Manager, VersionStatus
 from tfprod.core.source import FileSystemSource, Watch
 from tfprod.core.states import State
 from tfprod.errors import Code, ServingError
 from tfprod.servables.base import Servable
+from tfprod.workers.pool import Pool, merge_statuses
 
 log = logging.getLogger("tfprod.server")
 
@@ -40,6 +45,7 @@ class ServerCore:
         self._models: tuple[ModelConfig, ...] = ()  # what is served: the config less the unloaded
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._pool: Pool | None = None
 
     @property
     def models(self) -> tuple[ModelConfig, ...]:
@@ -61,10 +67,56 @@ class ServerCore:
             self._manager.set_labels(m.name, m.labels, self._allow_unavailable)
         for name in removed:
             self._manager.forget_model(name)
+        if self._pool is not None:  # what a worker restarted later comes back with
+            self._pool.save_config((self._config, frozenset(self._unloaded)))
+
+    # -- a pool of workers ----------------------------------------------------------------
+
+    def start_in_pool(self, pool: Pool, initial: Sequence[ModelConfig]) -> None:
+        """Serve the pool's latest config (a restarted worker's peers may have moved on from the
+        command line's), and answer the pool's changes from now on."""
+        saved = pool.saved_config()
+        with self._lock:
+            self._pool = pool
+            if saved is None:
+                self.apply(initial)
+            else:
+                self._unloaded = set(saved[1])
+                self.apply(saved[0])
+
+    def pool_handlers(self) -> dict[str, Callable[..., Any]]:
+        """What the other workers may ask of this one."""
+        return {"statuses": self._manager.status, "not_ready": self._not_ready_here,
+                "reload": self._reload_here, "load": self._load_here, "unload": self._unload_here}
+
+    def statuses(self, name: str) -> list[VersionStatus]:
+        """A model's version statuses, newest first: this process's, or the pool's."""
+        here = self._manager.status(name)
+        if self._pool is None:
+            return here
+        return merge_statuses([here, *self._pool.gather("statuses", name)])
+
+    def _everywhere(self, op: str, here: Callable[..., None], *args: Any, timeout_s: float) -> None:
+        if self._pool is None:
+            here(*args)
+            return
+        errors: list[BaseException] = []
+        with self._pool.exclusive():
+            try:
+                here(*args)
+            except ServingError as e:
+                errors.append(e)
+            errors += [a for a in self._pool.ask(op, *args, timeout_s=timeout_s + 10) if isinstance(a, BaseException)]
+        if errors:
+            raise errors[0] if isinstance(errors[0], ServingError) else ServingError(
+                Code.UNAVAILABLE, f"a worker did not apply the change: {errors[0]}")
 
     def reload(self, models: Sequence[ModelConfig], timeout_s: float) -> None:
         """Apply a config pushed over gRPC, as TF Serving's HandleReloadConfigRequest does: answer once
         every newly added model has a version AVAILABLE, or fail with the ones that could not load."""
+        self._everywhere("reload", self._reload_here, tuple(models), timeout_s, timeout_s=timeout_s)
+
+    def _reload_here(self, models: Sequence[ModelConfig], timeout_s: float) -> None:
         with self._lock:
             before = {m.name for m in self._models}
             self.apply(models)
@@ -76,7 +128,7 @@ class ServerCore:
         """(model, state, reason) for every configured model; state as Triton's index reports it."""
         out = []
         for m in self._config:
-            statuses = self._manager.status(m.name)
+            statuses = self.statuses(m.name)
             if m.name in self._unloaded:
                 state, reason = "UNAVAILABLE", "unloaded"
             elif any(s.state is State.AVAILABLE for s in statuses):
@@ -90,14 +142,20 @@ class ServerCore:
         return out
 
     def load(self, name: str, timeout_s: float) -> None:
+        self._everywhere("load", self._load_here, name, timeout_s, timeout_s=timeout_s)
+
+    def unload(self, name: str, timeout_s: float = 30.0) -> None:
+        """Stop serving a configured model; answer once no version of it takes new requests."""
+        self._everywhere("unload", self._unload_here, name, timeout_s, timeout_s=timeout_s)
+
+    def _load_here(self, name: str, timeout_s: float) -> None:
         with self._lock:
             self._configured(name)
             self._unloaded.discard(name)
             self._serve_locked()
             self._wait_available([name], timeout_s)
 
-    def unload(self, name: str, timeout_s: float = 30.0) -> None:
-        """Stop serving a configured model; answer once no version of it takes new requests."""
+    def _unload_here(self, name: str, timeout_s: float) -> None:
         with self._lock:
             self._configured(name)
             self._unloaded.add(name)
@@ -147,12 +205,21 @@ class ServerCore:
         return True
 
     def not_ready(self) -> list[str]:
-        """Configured models with no AVAILABLE version yet."""
+        """Configured models with no AVAILABLE version yet (in some worker of a pool)."""
+        waiting = self._not_ready_here()
+        if self._pool is not None:
+            for theirs in self._pool.gather("not_ready"):
+                waiting += [name for name in theirs if name not in waiting]
+        return waiting
+
+    def _not_ready_here(self) -> list[str]:
         return [m.name for m in self._models if not self._manager.available_versions(m.name)]
 
-    def poll_config_file(self, path: str, every_s: float) -> None:
+    def poll_config_file(self, path: str, every_s: float, read_at_start: Sequence[ModelConfig]) -> None:
+        """Re-read the file every `every_s` and apply it when it changed since the last read (the
+        first read being the command line's, `read_at_start`)."""
         def run() -> None:
-            last = self._models
+            last = tuple(read_at_start)
             while not self._stop.wait(every_s):
                 try:
                     models = read_model_config_file(path)

@@ -17,6 +17,7 @@ import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from tfprod.core.manager import Manager, VersionStatus
+from tfprod.core.states import State
 from tfprod.errors import Code, ServingError, invalid, not_found
 from tfprod.servables.base import Servable
 from tfprod.signature import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, Signature
@@ -59,8 +60,10 @@ class InputBounds:
 
 class Service:
     def __init__(self, manager: Manager[Servable], check_method_names: bool = False,
-                 bounds: InputBounds = InputBounds(), executor: concurrent.futures.Executor | None = None) -> None:
+                 bounds: InputBounds = InputBounds(), executor: concurrent.futures.Executor | None = None,
+                 statuses: Callable[[str], list[VersionStatus]] | None = None) -> None:
         self._manager = manager
+        self._statuses = statuses or manager.status  # ServerCore.statuses: a pool's, in a pool of workers
         self._check = check_method_names  # --enable_signature_method_name_check
         self._bounds = bounds
         self._executor = executor  # runs unbatched model calls; batched ones wait on the loop, not here
@@ -127,7 +130,7 @@ class Service:
             version = self._manager.labels(name).get(label)
             if version is None:
                 raise invalid(f"Unrecognized servable version label: {label}")
-        statuses = self._manager.status(name)
+        statuses = self._statuses(name)
         if version is not None:
             statuses = [s for s in statuses if s.version == version]
             if not statuses:
@@ -141,7 +144,7 @@ class Service:
             return version, servable.signature(spec.signature_name)
 
     def available_versions(self, name: str) -> list[int]:
-        return self._manager.available_versions(name)
+        return sorted(s.version for s in self._statuses(name) if s.state is State.AVAILABLE)
 
     def metadata(self, spec: ModelSpec) -> tuple[int, meta_graph_pb2.MetaGraphDef, dict[str, Any] | None]:
         """(version, MetaGraphDef, the version's audit metadata or None)."""
@@ -149,7 +152,7 @@ class Service:
             return version, servable.meta_graph, servable.audit
 
     def models(self) -> dict[str, tuple[list[VersionStatus], dict[str, int]]]:
-        return {m: (self._manager.status(m), self._manager.labels(m)) for m in self._manager.models()}
+        return {m: (self._statuses(m), self._manager.labels(m)) for m in self._manager.models()}
 
 
 AsyncDecode = Callable[[Signature], Awaitable[Mapping[str, np.ndarray]]]

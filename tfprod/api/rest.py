@@ -22,8 +22,7 @@ from urllib.parse import unquote
 
 import numpy as np
 from google.protobuf import json_format
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -110,7 +109,7 @@ class RestApi:
         core: ServerCore,
         v2models: V2Models,
         metrics: ServingMetrics,
-        registry: CollectorRegistry,
+        exposition: Callable[[], bytes],
         options: RestOptions,
         guard: Guard,
     ) -> None:
@@ -118,7 +117,7 @@ class RestApi:
         self._core = core
         self._v2 = v2models
         self._metrics = metrics
-        self._registry = registry
+        self._exposition = exposition  # Prometheus text: this process's metrics, or a pool's
         self._options = options
         self._guard = guard
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -147,11 +146,13 @@ class RestApi:
         elif path == "/healthz":
             response = _json_response(200, {"status": "alive"})
         elif path == "/readyz":
-            waiting = self._core.not_ready()
+            # off the loop: in a pool of workers the answer is gathered from every worker
+            waiting = await asyncio.get_running_loop().run_in_executor(self._executor, self._core.not_ready)
             ready = {"status": "not ready", "waiting_for": waiting} if waiting else {"status": "ready"}
             response = _json_response(503 if waiting else 200, ready)
         elif self._options.metrics_path and path == self._options.metrics_path:
-            response = Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+            content = await asyncio.get_running_loop().run_in_executor(self._executor, self._exposition)
+            response = Response(content, media_type=CONTENT_TYPE_LATEST)
         else:
             response = _error_response(ServingError(Code.NOT_FOUND, f"Malformed request: {request.method} {path}"))
         await response(scope, receive, send)
