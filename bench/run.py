@@ -129,11 +129,11 @@ def _children(pid: int) -> list[int]:
 
 
 def tfprod_server(name: str, models: str, batching: str | None, security: str | None = None,
-                  https: bool = False) -> tuple[Server, int]:
+                  https: bool = False, workers: int = 1) -> tuple[Server, int]:
     rest, grpc_port = free_port(), free_port()
     config = os.path.join(models, "models.config")
     cmd = [PY, "-m", "tfprod", "serve", f"--rest_api_port={rest}", f"--port={grpc_port}",
-           f"--model_config_file={config}", "--host=127.0.0.1"]
+           f"--model_config_file={config}", "--host=127.0.0.1", f"--num_workers={workers}"]
     if batching:
         cmd += ["--enable_batching", f"--batching_parameters_file={batching}"]
     if security:
@@ -276,6 +276,62 @@ def mlserver_server(models: str) -> Server:
                   "/v2/health/ready", env={"PYTHONPATH": folder})
 
 
+RAY_VENV = os.path.join(HERE, ".venv-ray")
+RAY_PACKAGES = ("ray[serve]", "tensorflow==2.21.*")
+RAY_APP = '''
+import os, sys, time
+import numpy as np, ray, tensorflow as tf
+from ray import serve
+from starlette.responses import JSONResponse, PlainTextResponse
+
+path, port, replicas = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+
+@serve.deployment(num_replicas=replicas, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+class Digits:
+    def __init__(self, path):
+        self._fn = tf.saved_model.load(path).signatures["serving_default"]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)  # as MLServer's rows batch
+    async def rows(self, rows):
+        out = next(iter(self._fn(tf.constant(np.asarray(rows, np.float32))).values())).numpy()
+        return out.tolist()
+
+    async def __call__(self, request):
+        if request.method == "GET":
+            return PlainTextResponse("ok")
+        body = await request.json()
+        return JSONResponse({"predictions": [await self.rows(body["instances"][0])]})
+
+
+ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+serve.start(http_options={"host": "127.0.0.1", "port": port})
+serve.run(Digits.bind(path), route_prefix="/")
+while True:
+    time.sleep(3600)
+'''
+
+
+def ray_server(models: str) -> Server:
+    """Ray Serve at its best for this model: a replica per core behind its HTTP proxy, rows merged
+    by @serve.batch (16 rows / 2 ms), run from its own virtualenv (bench/.venv-ray)."""
+    marker = os.path.join(RAY_VENV, ".installed")
+    if not os.path.exists(marker) or open(marker).read() != " ".join(RAY_PACKAGES):
+        print("installing Ray Serve into bench/.venv-ray (once) ...", flush=True)
+        subprocess.run([PY, "-m", "venv", RAY_VENV], check=True)
+        subprocess.run([os.path.join(RAY_VENV, "bin", "pip"), "install", "-q", *RAY_PACKAGES], check=True)
+        with open(marker, "w") as f:
+            f.write(" ".join(RAY_PACKAGES))
+    folder = tempfile.mkdtemp(prefix="ray-")
+    with open(os.path.join(folder, "app.py"), "w") as f:
+        f.write(RAY_APP)
+    port = free_port()
+    return Server("ray", [os.path.join(RAY_VENV, "bin", "python"), os.path.join(folder, "app.py"),
+                          os.path.join(models, "digits", "1"), str(port), str(os.cpu_count() or 1)], port, "/",
+                  env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                       "RAY_USAGE_STATS_ENABLED": "0"})
+
+
 # -- load ----------------------------------------------------------------------------------
 
 LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
@@ -298,6 +354,26 @@ def wrk(url: str, body: str, connections: int, duration: int, headers: dict[str,
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
     return {"rps": rps, "p50": ms("50"), "p99": ms("99"), "errors": errors}
+
+
+def open_loop(url: str, body: str, rate: float, connections: int, duration: int) -> dict[str, float]:
+    """P50/P99 at a fixed arrival rate: h2load --h1 --rps sends each connection's requests on a
+    schedule, whatever the answers' latency (open loop while a request takes less than the gap
+    between two on one connection: 64 / rate), unlike wrk's next-request-on-answer (closed loop)."""
+    with tempfile.TemporaryDirectory() as work:
+        path, log = os.path.join(work, "body"), os.path.join(work, "log")
+        with open(path, "w") as f:
+            f.write(body)
+        subprocess.run(["h2load", "--h1", f"-D{duration}", f"-c{connections}", f"-t{min(2, connections)}",
+                        f"--rps={rate / connections:.2f}", f"-d{path}", "-H", "content-type: application/json",
+                        f"--log-file={log}", url], capture_output=True, text=True, timeout=duration + 60, check=True)
+        with open(log) as f:
+            rows = [line.split("\t") for line in f if line.strip()]
+    latencies = sorted(int(r[2]) / 1000 for r in rows if r[1] == "200")
+    if not latencies:
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": len(rows)}
+    return {"rps": len(latencies) / duration, "p50": statistics.median(latencies),
+            "p99": latencies[int(0.99 * (len(latencies) - 1))], "errors": len(rows) - len(latencies)}
 
 
 def grpc_load(target: str, row: list[float], connections: int, duration: int) -> dict[str, float]:
@@ -338,6 +414,9 @@ def grpc_load(target: str, row: list[float], connections: int, duration: int) ->
             "p99": latencies[int(0.99 * (len(latencies) - 1))], "errors": errors}
 
 
+OPEN_LOOP = "tfprod REST batching, open loop at ½ the closed-loop rate"
+
+
 # -- the run -------------------------------------------------------------------------------
 
 def main(argv: Sequence[str]) -> int:
@@ -372,13 +451,18 @@ def main(argv: Sequence[str]) -> int:
     v2 = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": facts["row"]}]})
 
     # (system, server key, kind, path, body)
+    cores = os.cpu_count() or 1
+    pool = f"{cores} workers"
     plan = [
         ("tfprod REST batching", "on", "http", "/v1/models/digits:predict", v1),
+        (OPEN_LOOP, "on", "open", "/v1/models/digits:predict", v1),
         ("tfprod REST batching, API key + limits", "secure", "http", "/v1/models/digits:predict", v1),
         ("tfprod REST batching, API key + limits + TLS", "tls", "https", "/v1/models/digits:predict", v1),
         ("tfprod REST", "off", "http", "/v1/models/digits:predict", v1),
         ("tfprod gRPC batching", "on", "grpc", "", ""),
         ("tfprod gRPC", "off", "grpc", "", ""),
+        (f"tfprod REST batching, {pool}", "pool", "http", "/v1/models/digits:predict", v1),
+        (f"tfprod gRPC batching, {pool}", "pool", "grpc", "", ""),
         ("tfprod V2 REST batching", "on", "http", "/v2/models/digits/infer", v2),
         ("tfprod REST batching, CNN", "on", "http", "/v1/models/cnn:predict", v1),
         ("tfprod REST, CNN", "off", "http", "/v1/models/cnn:predict", v1),
@@ -387,6 +471,7 @@ def main(argv: Sequence[str]) -> int:
     ]
     if not args.no_peer:
         plan.append(("MLServer (V2)", "mlserver", "http", "/v2/models/digits/infer", v2))
+        plan.append(("Ray Serve (@serve.batch)", "ray", "http", "/", v1))
 
     results: dict[str, dict[int, dict[str, float]]] = {}
     with Progress(console=console) as progress:
@@ -395,6 +480,8 @@ def main(argv: Sequence[str]) -> int:
             progress.update(task, description=f"starting {key}")
             if key in ("on", "off"):
                 server, grpc_port = tfprod_server(f"tfprod-{key}", models, batching if key == "on" else None)
+            elif key == "pool":
+                server, grpc_port = tfprod_server("tfprod-pool", models, batching, workers=cores)
             elif key in ("secure", "tls"):
                 server, grpc_port = tfprod_server(f"tfprod-{key}", models, batching,
                                                   security[0] if key == "secure" else security[1], key == "tls")
@@ -408,6 +495,8 @@ def main(argv: Sequence[str]) -> int:
                                                      "--threads", "4", "-b", f"127.0.0.1:{port}", "--log-level",
                                                      "warning", f"run:flask_app({f'{models}/digits/1'!r})"],
                                            port, "/ready"), 0
+            elif key == "ray":
+                server, grpc_port = ray_server(models), 0
             else:
                 server, grpc_port = mlserver_server(models), 0
             try:
@@ -416,6 +505,14 @@ def main(argv: Sequence[str]) -> int:
                         continue
                     for c in connections:
                         progress.update(task, description=f"{name} @ {c}")
+                        if kind == "open":
+                            if c == max(connections):  # half the closed-loop rate of the same server
+                                rate = 0.5 * results["tfprod REST batching"][c]["rps"]
+                                r = open_loop(f"http://127.0.0.1:{server.port}{path}", body, rate, c, args.duration)
+                                r["rss_mb"] = server.rss_mb()
+                                results.setdefault(name, {})[c] = r
+                            progress.advance(task)
+                            continue
                         if kind in ("http", "https"):
                             headers = {"X-API-Key": API_KEY} if key in ("secure", "tls") else None
                             r = wrk(f"{kind}://127.0.0.1:{server.port}{path}", body, c, args.duration, headers)
@@ -459,7 +556,8 @@ def report(console: Any, table_cls: Any, results: dict[str, dict[int, dict[str, 
     c = max(connections)
     def at(name: str, key: str) -> float:
         return results.get(name, {}).get(c, {}).get(key, float("nan"))
-    peers = [n for n in results if n.startswith(("MLServer", "Flask"))]
+    peers = [n for n in results if n.startswith(("MLServer", "Flask", "Ray"))]
+    cores = os.cpu_count() or 1
     best_peer = max((at(n, "rps") for n in peers), default=float("nan"))
     ours = at("tfprod REST batching", "rps")
     ceiling = at("no-op endpoint (ceiling)", "rps")
@@ -470,6 +568,10 @@ def report(console: Any, table_cls: Any, results: dict[str, dict[int, dict[str, 
         ("… ≥ 25% where wrk shares 2 cores", ours / ceiling, 0.25),
         ("tfprod P99 ≤ 3× its P50", 3.0 * at("tfprod REST batching", "p50") / at("tfprod REST batching", "p99"), 1.0),
         ("gRPC ≥ REST throughput (batching)", at("tfprod gRPC batching", "rps") / ours, 1.0),
+        (f"{cores} workers ≥ 0.8 × {cores} × 1 worker (REST)",
+         at(f"tfprod REST batching, {cores} workers", "rps") / (cores * ours), 0.8),
+        ("open loop at half the closed-loop rate: P99 ≤ 3× P50",
+         3.0 * at(OPEN_LOOP, "p50") / at(OPEN_LOOP, "p99"), 1.0),
     ]
     lines += ["", f"Targets at {c} connections:", "", "| target | measured | needed | |", "|---|---|---|---|"]
     for label, value, need in targets:
