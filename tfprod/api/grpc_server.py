@@ -169,7 +169,7 @@ class GrpcServer:
     async def _watch_readiness(self) -> None:
         serving = None
         while True:
-            now = self._ready()
+            now = await asyncio.to_thread(self._ready)  # off the loop: a pool of workers asks every worker
             if now != serving:
                 status = health_pb2.HealthCheckResponse.SERVING if now else health_pb2.HealthCheckResponse.NOT_SERVING
                 for name, _ in (("", None), *self._services):

@@ -120,9 +120,10 @@ class Pool:
 
     def save_config(self, state: Any) -> None:
         path = os.path.join(self.slot.directory, _STATE)
-        with open(path + ".tmp", "wb") as f:
+        part = f"{path}.{os.getpid()}"  # workers may write at once (the same config, at start)
+        with open(part, "wb") as f:
             pickle.dump(state, f)
-        os.replace(path + ".tmp", path)
+        os.replace(part, path)
 
     def saved_config(self) -> Any | None:
         try:
