@@ -357,22 +357,27 @@ def wrk(url: str, body: str, connections: int, duration: int, headers: dict[str,
 
 
 def open_loop(url: str, body: str, rate: float, connections: int, duration: int) -> dict[str, float]:
-    """P50/P99 at a fixed arrival rate: h2load --h1 --rps sends each connection's requests on a
-    schedule, whatever the answers' latency (open loop while a request takes less than the gap
-    between two on one connection: 64 / rate), unlike wrk's next-request-on-answer (closed loop)."""
+    """P50/P99 at a fixed arrival rate, not wrk's next-request-on-answer (closed loop): h2load --h1
+    --rps sends each connection's requests on its own schedule whatever the answers' latency, and
+    opening the connections 1 ms apart (-r1 --rate-period=1ms) spreads their schedules, so arrivals
+    are even rather than in bursts of `connections` (open loop while an answer takes less than the
+    gap between two requests of one connection, connections / rate)."""
+    total = int(rate * duration)
     with tempfile.TemporaryDirectory() as work:
         path, log = os.path.join(work, "body"), os.path.join(work, "log")
         with open(path, "w") as f:
             f.write(body)
-        subprocess.run(["h2load", "--h1", f"-D{duration}", f"-c{connections}", f"-t{min(2, connections)}",
+        subprocess.run(["h2load", "--h1", f"-n{total}", f"-c{connections}", "-t1", "-r1", "--rate-period=1ms",
                         f"--rps={rate / connections:.2f}", f"-d{path}", "-H", "content-type: application/json",
-                        f"--log-file={log}", url], capture_output=True, text=True, timeout=duration + 60, check=True)
+                        f"--log-file={log}", url], capture_output=True, text=True, timeout=duration * 3 + 60,
+                       check=True)
         with open(log) as f:
             rows = [line.split("\t") for line in f if line.strip()]
     latencies = sorted(int(r[2]) / 1000 for r in rows if r[1] == "200")
     if not latencies:
         return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": len(rows)}
-    return {"rps": len(latencies) / duration, "p50": statistics.median(latencies),
+    starts = sorted(int(r[0]) for r in rows)
+    return {"rps": len(latencies) / max((starts[-1] - starts[0]) / 1e6, 1e-9), "p50": statistics.median(latencies),
             "p99": latencies[int(0.99 * (len(latencies) - 1))], "errors": len(rows) - len(latencies)}
 
 
