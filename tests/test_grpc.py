@@ -197,6 +197,9 @@ def test_predict_half_plus_two_matches_tensorflow_and_echoes_spec(stub: Any, tf_
     assert set(got) == set(want) == {"y"}
     assert got["y"].dtype == np.float32 and got["y"].shape == want["y"].shape
     assert got["y"].tolist() == want["y"].tolist()
+    # written as TF Serving writes answers (AsProtoField): clients reading float_val directly get the values
+    assert not response.outputs["y"].tensor_content
+    assert list(response.outputs["y"].float_val) == want["y"].ravel().tolist()
     spec = response.model_spec
     assert (spec.name, spec.WhichOneof("version_choice"), spec.version.value, spec.signature_name) == (
         "half_plus_two", "version", 1, "serving_default")

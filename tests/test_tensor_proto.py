@@ -37,6 +37,41 @@ def test_round_trip(array: np.ndarray, dtype: int) -> None:
     np.testing.assert_array_equal(back, array)
 
 
+_VALUE_FIELD = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_HALF: "half_val",
+                types_pb2.DT_INT32: "int_val", types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT8: "int_val",
+                types_pb2.DT_INT8: "int_val", types_pb2.DT_UINT64: "uint64_val", types_pb2.DT_BOOL: "bool_val",
+                types_pb2.DT_STRING: "string_val"}
+
+
+@pytest.mark.parametrize(("array", "dtype"), ROUND_TRIPS, ids=lambda v: str(getattr(v, "dtype", v)))
+def test_answers_use_the_typed_value_field_as_tf_serving_does(array: np.ndarray, dtype: int) -> None:
+    """TF Serving writes Predict outputs with Tensor::AsProtoField: `float_val` etc., no tensor_content."""
+    proto = tensor_proto.to_response_proto(array)
+    assert proto.dtype == dtype and not proto.tensor_content
+    assert [d.size for d in proto.tensor_shape.dim] == list(array.shape)
+    field = getattr(proto, _VALUE_FIELD[dtype])
+    assert len(field) == array.size
+    if dtype == types_pb2.DT_HALF:
+        assert list(field) == array.ravel().view(np.uint16).tolist()  # the bit patterns, as TensorFlow stores them
+    elif dtype != types_pb2.DT_STRING:
+        np.testing.assert_array_equal(np.array(list(field), array.dtype), array.ravel())
+    back = tf.make_ndarray(proto)
+    assert back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+def test_bfloat16_and_complex_answers_use_half_val_and_complex_fields() -> None:
+    import ml_dtypes
+
+    halves = np.array([1.5, -3.0], ml_dtypes.bfloat16)
+    proto = tensor_proto.to_response_proto(halves)
+    assert proto.dtype == types_pb2.DT_BFLOAT16 and list(proto.half_val) == halves.view(np.uint16).tolist()
+    pairs = np.array([1 + 2j, -3.5j], np.complex64)
+    proto = tensor_proto.to_response_proto(pairs)
+    assert list(proto.scomplex_val) == [1.0, 2.0, 0.0, -3.5]
+    np.testing.assert_array_equal(tf.make_ndarray(proto), pairs)
+
+
 def test_one_value_fills_its_shape_as_tensorflow_does() -> None:
     proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[7.0])
     proto.tensor_shape.dim.add(size=2)

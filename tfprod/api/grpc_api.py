@@ -192,7 +192,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = predict_pb2.PredictResponse(
             model_spec=messages.model_spec(spec.name, pred.version, spec.signature_name))
         for name, arr in pred.outputs.items():
-            response.outputs[name].CopyFrom(tensor_proto.to_proto(arr))
+            response.outputs[name].CopyFrom(tensor_proto.to_response_proto(arr))
         return response
 
     async def _classify(self, request: classification_pb2.ClassificationRequest

@@ -65,4 +65,49 @@ def to_inputs(protos: Mapping[str, tensor_pb2.TensorProto], sig: Signature) -> d
 
 
 def to_proto(arr: np.ndarray) -> tensor_pb2.TensorProto:
+    """A request tensor, as TensorFlow's Python clients write it (tensor_content for most arrays)."""
     return tf.make_tensor_proto(arr)
+
+
+# TensorProto's packed repeated fields whose wire form is the values' little-endian bytes.
+_RAW_FIELDS = {np.dtype(np.float32): (5, "<f4"), np.dtype(np.float64): (6, "<f8"),
+               np.dtype(np.complex64): (9, "<f4"), np.dtype(np.complex128): (12, "<f8"), np.dtype(np.bool_): (11, "u1")}
+# The other numbers' fields (varints): filled from a list, as protobuf has no array path for them.
+_LIST_FIELDS = {np.dtype(t): f for t, f in ((np.int32, "int_val"), (np.int16, "int_val"), (np.int8, "int_val"),
+                                            (np.uint8, "int_val"), (np.uint16, "int_val"), (np.int64, "int64_val"),
+                                            (np.uint32, "uint32_val"), (np.uint64, "uint64_val"))}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def to_response_proto(arr: np.ndarray) -> tensor_pb2.TensorProto:
+    """An answer tensor as TF Serving writes it: `Tensor::AsProtoField`, the typed value field
+    (`float_val`, `int_val`, ...), never `tensor_content` (predict_util.cc, kAsProtoField;
+    clients that read `outputs[...].float_val` depend on it). Floats, complexes and bools go in as
+    one packed field parsed from the array's bytes: no Python object per value."""
+    arr = np.asarray(arr)
+    dtype = tf.as_dtype(arr.dtype)
+    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
+    for d in arr.shape:
+        proto.tensor_shape.dim.add(size=d)
+    if arr.size == 0:
+        return proto
+    if (raw := _RAW_FIELDS.get(arr.dtype)) is not None:
+        number, wire = raw
+        data = np.ascontiguousarray(arr).view(arr.dtype).ravel().view(wire if number != 11 else "u1")
+        data = data.astype(wire, copy=False).tobytes()
+        proto.MergeFromString(_varint(number << 3 | 2) + _varint(len(data)) + data)
+    elif (field := _LIST_FIELDS.get(arr.dtype)) is not None:
+        getattr(proto, field).extend(arr.ravel().tolist())
+    elif dtype in (tf.float16, tf.bfloat16):  # half_val holds their bit patterns
+        proto.half_val.extend(arr.ravel().view(np.uint16).tolist())
+    else:  # strings (and anything else): TensorFlow's own conversion, which fills string_val
+        return tf.make_tensor_proto(arr)
+    return proto
