@@ -93,6 +93,8 @@ def to_response_proto(arr: np.ndarray) -> tensor_pb2.TensorProto:
     clients that read `outputs[...].float_val` depend on it). Floats, complexes and bools go in as
     one packed field parsed from the array's bytes: no Python object per value."""
     arr = np.asarray(arr)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     dtype = tf.as_dtype(arr.dtype)
     proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
     for d in arr.shape:
@@ -101,8 +103,7 @@ def to_response_proto(arr: np.ndarray) -> tensor_pb2.TensorProto:
         return proto
     if (raw := _RAW_FIELDS.get(arr.dtype)) is not None:
         number, wire = raw
-        data = np.ascontiguousarray(arr).view(arr.dtype).ravel().view(wire if number != 11 else "u1")
-        data = data.astype(wire, copy=False).tobytes()
+        data = np.ascontiguousarray(arr).ravel().view(wire).tobytes()  # complexes as (real, imaginary) pairs, as TensorProto stores them
         proto.MergeFromString(_varint(number << 3 | 2) + _varint(len(data)) + data)
     elif (field := _LIST_FIELDS.get(arr.dtype)) is not None:
         getattr(proto, field).extend(arr.ravel().tolist())
