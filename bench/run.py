@@ -612,18 +612,27 @@ def report(console: Any, table_cls: Any, results: dict[str, dict[int, dict[str, 
 
 
 def plot(results: dict[str, dict[int, dict[str, float]]], connections: list[int], path: str) -> None:
+    """Throughput and P99 of every row at the highest concurrency, as sorted bars: tfprod blue,
+    peers orange, the no-op ceiling grey (a line per row over 16 rows was unreadable)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, by_c in results.items():
-        cs = [c for c in connections if c in by_c]
-        a.plot(cs, [by_c[c]["rps"] for c in cs], marker="o", label=name)
-        b.plot(cs, [by_c[c]["p99"] for c in cs], marker="o", label=name)
-    a.set(xlabel="connections", ylabel="requests/s", title="Throughput", xscale="log")
-    b.set(xlabel="connections", ylabel="P99 ms", title="P99 latency", xscale="log", yscale="log")
-    a.legend(fontsize=7)
+    c = max(connections)
+    rows = sorted(((n, by_c[c]) for n, by_c in results.items() if c in by_c), key=lambda r: r[1]["rps"])
+    colors = ["#9e9e9e" if n.startswith("no-op") else "#1f77b4" if n.startswith("tfprod") else "#ff7f0e"
+              for n, _ in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 0.38 * len(rows) + 1.5), sharey=True)
+    names = [n for n, _ in rows]
+    a.barh(names, [r["rps"] for _, r in rows], color=colors)
+    a.set(xlabel="requests/s", title=f"Throughput at {c} connections", xscale="log")
+    for i, (_, r) in enumerate(rows):
+        a.text(r["rps"], i, f" {r['rps']:.0f}", va="center", fontsize=7)
+    b.barh(names, [r["p99"] for _, r in rows], color=colors)
+    b.set(xlabel="P99 ms", title=f"P99 latency at {c} connections", xscale="log")
+    for i, (_, r) in enumerate(rows):
+        b.text(r["p99"], i, f" {r['p99']:.1f}", va="center", fontsize=7)
+    a.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
