@@ -125,6 +125,7 @@ def test_a_reload_reaches_every_worker_and_survives_a_restart(pool: ServerProces
     assert answers[0].json()["predictions"] == reference(2.0, 1.0, [1.0])
 
     # A worker killed outright is replaced, and the new one serves the reloaded config, not the file's.
+    counted = request_count(pool, "hpt")  # every worker reports (and keeps on disk) its count
     workers = children(pool.proc.pid)
     os.kill(workers[0], signal.SIGKILL)
     served: list[int] = []
@@ -150,8 +151,32 @@ def test_a_reload_reaches_every_worker_and_survives_a_restart(pool: ServerProces
         asker.join()
     assert "exited with status -9; restarting it" in pool.log()
     assert served and served.count(200) >= len(served) - 1, served
+    # the dead worker's requests still count: the pool's counter never goes down
+    assert request_count(pool, "hpt") == counted + served.count(200)
     answers = predict_fresh(pool, "other", [1.0])
     assert [r.status_code for r in answers] == [200] * FRESH, [r.text for r in answers if r.status_code != 200]
+
+
+def test_a_caller_without_the_key_does_not_break_the_pool_channel(pool: ServerProcess) -> None:
+    """Workers ask each other over unix sockets with a key handshake: a stranger that connects,
+    or hangs up halfway, ends only its own call."""
+    worker = children(pool.proc.pid)[0]
+    with open(f"/proc/{worker}/environ", "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    directory = env[b"TFPROD_WORKER_DIR"].decode()
+    for path in sorted(Path(directory).glob("worker-*.sock")):
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX) as stranger:
+                stranger.connect(str(path))
+                stranger.recv(100)  # the challenge; hang up without answering it
+            with socket.socket(socket.AF_UNIX) as stranger:
+                stranger.connect(str(path))
+                stranger.sendall(b"\0\0\0\x04junk")
+    started = time.monotonic()
+    for _ in range(10):
+        with httpx.Client(base_url=pool.url, timeout=30) as c:
+            assert c.get("/readyz").json() == {"status": "ready"}
+    assert time.monotonic() - started < 5, "a worker's pool channel stalled"
 
 
 def test_a_v2_unload_and_load_apply_to_every_worker(pool: ServerProcess) -> None:
@@ -234,9 +259,12 @@ def test_merged_statuses(workers: list[list[VersionStatus]], expected: dict[int,
     assert {s.version: s.state for s in merged} == expected
 
 
-def test_merged_status_keeps_the_error_of_the_state_it_reports() -> None:
+def test_merged_status_keeps_the_error_of_a_failed_load() -> None:
     error = ServingError(Code.INVALID_ARGUMENT, "broken graph")
     merged = merge_statuses([[VersionStatus(3, State.END, error)], [VersionStatus(3, State.END, error)]])
+    assert merged == [VersionStatus(3, State.END, error)]
+    # failed in one worker, served by the other: the pool cannot promise it, and says why
+    merged = merge_statuses([[VersionStatus(3, State.END, error)], [VersionStatus(3, State.AVAILABLE)]])
     assert merged == [VersionStatus(3, State.END, error)]
 
 

@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -136,7 +137,7 @@ async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcS
         while not rest.started and not waits[-1].done():
             await asyncio.sleep(0.01)
     if pool is not None and not any(w.done() for w in waits):
-        pool.open()
+        await loop.run_in_executor(None, core.join_pool)  # may wait for a model the pool added meanwhile
         log.info("worker %d serving", pool.slot.index)
     done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     if waits[0] not in done:  # REST stopped on its own: it could not start
@@ -252,17 +253,27 @@ def run(options: ServerOptions) -> None:
     model_pool = concurrent.futures.ThreadPoolExecutor(max(options.rest.num_threads, options.grpc.max_threads),
                                                        thread_name_prefix="tfprod-model")
     service = Service(manager, options.enable_signature_method_name_check,
-                      InputBounds(limits.max_tensor_elements, limits.max_batch_rows), model_pool, core.statuses)
+                      InputBounds(limits.max_tensor_elements, limits.max_batch_rows), model_pool, core.statuses_of)
     v2models = V2Models(service, core)
-    pool = None
-    if options.worker is not None:
-        pool = Pool(options.worker, {**core.pool_handlers(), "metrics": metrics.snapshot})
+    pool = Pool(options.worker, core.pool_handlers()) if options.worker is not None else None
+
+    def reported() -> tuple[int, dict[str, Any]]:
+        """This worker's metrics for a scrape, kept on disk as they were last reported."""
+        snapshot = metrics.snapshot()
+        if pool is not None:
+            pool.save_metrics(snapshot)
+        return os.getpid(), snapshot
+
+    if pool is not None:
+        pool.handlers["metrics"] = reported
 
     def exposition() -> bytes:
         if pool is None:
             return generate_latest(registry)
+        live = [reported(), *pool.gather("metrics")]
+        gone = pool.saved_metrics({pid for pid, _ in live})  # replaced workers keep counting: no counter drops
         merged = CollectorRegistry(auto_describe=True)
-        merged.register(ServingMetrics.merged([metrics.snapshot(), *pool.gather("metrics")]))
+        merged.register(ServingMetrics.merged([s for _, s in live] + [{**s, "_states": {}} for s in gone]))
         return generate_latest(merged)
 
     app = RestApi(service, core, v2models, metrics, exposition, options.rest, guard) if options.rest_api_port else None

@@ -13,6 +13,7 @@ or unload asked of one worker is applied by all before it is answered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -84,29 +85,63 @@ class ServerCore:
                 self._unloaded = set(saved[1])
                 self.apply(saved[0])
 
+    def join_pool(self) -> None:
+        """Called once this worker accepts connections: catch up with a change the pool made while
+        it was loading (it was not asked yet), then take questions. Under the pool's change lock,
+        so no change slips in between."""
+        assert self._pool is not None
+        with self._pool.exclusive():
+            saved = self._pool.saved_config()
+            if saved is not None and (saved[0], frozenset(saved[1])) != (self._config, frozenset(self._unloaded)):
+                log.info("catching up with the pool's model config")
+                with self._lock:
+                    before = {m.name for m in self._models}
+                    self._unloaded = set(saved[1])
+                    self.apply(saved[0])
+                    added = [m.name for m in self._models if m.name not in before]
+                with contextlib.suppress(ServingError):  # its status tells, as after a reload
+                    self._wait_available(added, 300.0)
+            self._pool.open()
+
     def pool_handlers(self) -> dict[str, Callable[..., Any]]:
         """What the other workers may ask of this one."""
-        return {"statuses": self._manager.status, "not_ready": self._not_ready_here,
+        return {"statuses": self._statuses_here, "not_ready": self._not_ready_here,
                 "reload": self._reload_here, "load": self._load_here, "unload": self._unload_here}
+
+    def _statuses_here(self, names: Sequence[str]) -> dict[str, tuple[list[VersionStatus], bool]]:
+        served = {m.name for m in self._models}
+        return {n: (self._manager.status(n), n in served) for n in names}
 
     def statuses(self, name: str) -> list[VersionStatus]:
         """A model's version statuses, newest first: this process's, or the pool's."""
-        here = self._manager.status(name)
+        return self.statuses_of([name])[name]
+
+    def statuses_of(self, names: Sequence[str]) -> dict[str, list[VersionStatus]]:
+        """Several models' statuses, asking the pool once."""
+        here = self._statuses_here(names)
         if self._pool is None:
-            return here
-        return merge_statuses([here, *self._pool.gather("statuses", name)])
+            return {n: statuses for n, (statuses, _) in here.items()}
+        everyone = [here, *self._pool.gather("statuses", list(names))]
+        return {n: merge_statuses([w[n][0] for w in everyone if n in w and (w[n][0] or w[n][1])]) for n in names}
 
     def _everywhere(self, op: str, here: Callable[..., None], *args: Any, timeout_s: float) -> None:
         if self._pool is None:
             here(*args)
             return
         errors: list[BaseException] = []
-        with self._pool.exclusive():
+
+        def apply_here() -> None:
             try:
                 here(*args)
             except ServingError as e:
                 errors.append(e)
-            errors += [a for a in self._pool.ask(op, *args, timeout_s=timeout_s + 10) if isinstance(a, BaseException)]
+
+        with self._pool.exclusive():  # this worker and the others at once: one load time, not two
+            local = threading.Thread(target=apply_here, name="tfprod-change")
+            local.start()
+            theirs = self._pool.ask(op, *args, timeout_s=timeout_s + 10)
+            local.join()
+        errors += [a for a in theirs if isinstance(a, BaseException)]
         if errors:
             raise errors[0] if isinstance(errors[0], ServingError) else ServingError(
                 Code.UNAVAILABLE, f"a worker did not apply the change: {errors[0]}")
@@ -127,8 +162,9 @@ class ServerCore:
     def index(self) -> list[tuple[str, str, str]]:
         """(model, state, reason) for every configured model; state as Triton's index reports it."""
         out = []
+        every = self.statuses_of([m.name for m in self._config])
         for m in self._config:
-            statuses = self.statuses(m.name)
+            statuses = every[m.name]
             if m.name in self._unloaded:
                 state, reason = "UNAVAILABLE", "unloaded"
             elif any(s.state is State.AVAILABLE for s in statuses):

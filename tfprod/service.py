@@ -61,9 +61,10 @@ class InputBounds:
 class Service:
     def __init__(self, manager: Manager[Servable], check_method_names: bool = False,
                  bounds: InputBounds = InputBounds(), executor: concurrent.futures.Executor | None = None,
-                 statuses: Callable[[str], list[VersionStatus]] | None = None) -> None:
+                 statuses_of: Callable[[Sequence[str]], dict[str, list[VersionStatus]]] | None = None) -> None:
         self._manager = manager
-        self._statuses = statuses or manager.status  # ServerCore.statuses: a pool's, in a pool of workers
+        # ServerCore.statuses_of: the pool's, in a pool of workers
+        self._statuses_of = statuses_of or (lambda names: {n: manager.status(n) for n in names})
         self._check = check_method_names  # --enable_signature_method_name_check
         self._bounds = bounds
         self._executor = executor  # runs unbatched model calls; batched ones wait on the loop, not here
@@ -130,7 +131,7 @@ class Service:
             version = self._manager.labels(name).get(label)
             if version is None:
                 raise invalid(f"Unrecognized servable version label: {label}")
-        statuses = self._statuses(name)
+        statuses = self._statuses_of([name])[name]
         if version is not None:
             statuses = [s for s in statuses if s.version == version]
             if not statuses:
@@ -144,7 +145,7 @@ class Service:
             return version, servable.signature(spec.signature_name)
 
     def available_versions(self, name: str) -> list[int]:
-        return sorted(s.version for s in self._statuses(name) if s.state is State.AVAILABLE)
+        return sorted(s.version for s in self._statuses_of([name])[name] if s.state is State.AVAILABLE)
 
     def metadata(self, spec: ModelSpec) -> tuple[int, meta_graph_pb2.MetaGraphDef, dict[str, Any] | None]:
         """(version, MetaGraphDef, the version's audit metadata or None)."""
@@ -152,7 +153,9 @@ class Service:
             return version, servable.meta_graph, servable.audit
 
     def models(self) -> dict[str, tuple[list[VersionStatus], dict[str, int]]]:
-        return {m: (self._statuses(m), self._manager.labels(m)) for m in self._manager.models()}
+        names = self._manager.models()
+        statuses = self._statuses_of(names)
+        return {m: (statuses[m], self._manager.labels(m)) for m in names}
 
 
 AsyncDecode = Callable[[Signature], Awaitable[Mapping[str, np.ndarray]]]

@@ -102,7 +102,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._models.server_ready())
+        return await self._run(context, "", "ServerReady", lambda: pb.ServerReadyResponse(  # a pool asks every worker
+            ready=self._models.server_ready()))
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return await self._run(context, request.name, "ModelReady", lambda: pb.ModelReadyResponse(

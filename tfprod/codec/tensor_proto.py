@@ -103,7 +103,8 @@ def to_response_proto(arr: np.ndarray) -> tensor_pb2.TensorProto:
         return proto
     if (raw := _RAW_FIELDS.get(arr.dtype)) is not None:
         number, wire = raw
-        data = np.ascontiguousarray(arr).ravel().view(wire).tobytes()  # complexes as (real, imaginary) pairs, as TensorProto stores them
+        # complexes as (real, imaginary) pairs, as TensorProto stores them
+        data = np.ascontiguousarray(arr).ravel().view(wire).tobytes()
         proto.MergeFromString(_varint(number << 3 | 2) + _varint(len(data)) + data)
     elif (field := _LIST_FIELDS.get(arr.dtype)) is not None:
         getattr(proto, field).extend(arr.ravel().tolist())

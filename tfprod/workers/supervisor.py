@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 
@@ -75,9 +74,9 @@ def supervise(argv: Sequence[str], num_workers: int, grace_s: float = 45.0) -> i
     """Run the pool until SIGTERM/SIGINT; `argv` are the serve flags less --num_workers."""
     directory = tempfile.mkdtemp(prefix="tfprod-workers-")  # mode 0700: only this user reaches the sockets
     key = secrets.token_bytes(32)
-    workers = [_Worker(Slot(i, directory, key), argv) for i in range(num_workers)]
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    workers = [_Worker(Slot(i, directory, key, os.getpid()), argv) for i in range(num_workers)]
+    stop: list[int] = []  # a signal arrived (a plain list: a handler must not take a lock)
+    previous = {sig: signal.signal(sig, lambda sig, _: stop.append(sig)) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info("starting %d workers", num_workers)
     status = 0
     try:
@@ -85,16 +84,19 @@ def supervise(argv: Sequence[str], num_workers: int, grace_s: float = 45.0) -> i
             w.start()
         status = _watch(workers, stop)
     finally:
+        _stop_all(workers, grace_s)  # a second signal meanwhile changes nothing: the drain goes on
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _stop_all(workers, grace_s)
         shutil.rmtree(directory, ignore_errors=True)
     return status
 
 
-def _watch(workers: list[_Worker], stop: threading.Event) -> int:
+def _watch(workers: list[_Worker], stop: list[int]) -> int:
     announced = False
-    while not stop.wait(_POLL_S):
+    while True:
+        time.sleep(_POLL_S)
+        if stop:  # before looking at exits: Ctrl-C reaches the workers too, they are not to be restarted
+            return 0
         now = time.monotonic()
         for w in workers:
             assert w.process is not None
@@ -121,7 +123,6 @@ def _watch(workers: list[_Worker], stop: threading.Event) -> int:
         if not announced and all(w.served for w in workers):
             announced = True
             log.info("all %d workers are serving", len(workers))
-    return 0
 
 
 def _stop_all(workers: list[_Worker], grace_s: float) -> None:
