@@ -23,7 +23,7 @@ lint: install
 	$(BIN)/ruff check tfprod tests
 	$(BIN)/mypy tfprod
 
-bench: install  # the comparison of bench/run.py; BENCH_ARGS=--no-peer skips MLServer
+bench: install  # the comparison of bench/run.py; BENCH_ARGS=--no-peer skips MLServer and Ray Serve
 	(command -v wrk && command -v h2load) >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk nghttp2-client) || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq wrk nghttp2-client)
 	$(BIN)/pip install -q -e ".[bench]"

@@ -3,12 +3,14 @@
     make bench                 # or: .venv/bin/python bench/run.py [--duration 6] [--connections 1,16,64]
 
 Compares, on the digits MLP (and a small CNN for tfprod), at several concurrencies:
-tfprod REST and gRPC with batching off and on, tfprod V2 REST, tfprod with every security check on
-(API key, rate rule, bounds; then also TLS), the same HTTP stack's no-op endpoint
-(this machine's ceiling), Flask + TensorFlow under gunicorn with a worker per core (the usual first
-server, as deployed), and MLServer with adaptive batching and a worker per core
-(a peer from PyPI, run from its own virtualenv, `--no-peer` skips it). HTTP load comes from `wrk`;
-gRPC load from `h2load` (nghttp2's C HTTP/2 load generator). Then the model call alone per
+tfprod REST and gRPC with batching off and on, with one worker and a worker per core, tfprod V2
+REST, tfprod with every security check on (API key, rate rule, bounds; then also TLS), tfprod at a
+fixed arrival rate (open loop), the same HTTP stack's no-op endpoint (this machine's ceiling),
+Flask + TensorFlow under gunicorn with a worker per core (the usual first server, as deployed),
+MLServer with adaptive batching and a worker per core, and Ray Serve with @serve.batch and a
+replica per core (peers from PyPI, each run from its own virtualenv; `--no-peer` skips them).
+HTTP load comes from `wrk` (`h2load --h1 --rps` for the open-loop row); gRPC load from `h2load`
+(nghttp2's C HTTP/2 load generator). Then the model call alone per
 signature-call path (bench/calls.py) and latency through version swaps (bench/swap.py). Prints a table
 with ratios to tfprod (REST, batching on), checks the targets, and writes docs/performance_results.md and
 docs/bench.png. Numbers from one run are comparable with each other only.
@@ -253,14 +255,19 @@ class SavedModel(MLModel):
 PEER_PACKAGES = ("mlserver", "uvloop<0.22", "tensorflow==2.21.*")
 
 
-def mlserver_server(models: str) -> Server:
-    marker = os.path.join(PEER_VENV, ".installed")
-    if not os.path.exists(marker) or open(marker).read() != " ".join(PEER_PACKAGES):
-        print("installing MLServer into bench/.venv-peer (once) ...", flush=True)
-        subprocess.run([PY, "-m", "venv", PEER_VENV], check=True)
-        subprocess.run([os.path.join(PEER_VENV, "bin", "pip"), "install", "-q", *PEER_PACKAGES], check=True)
+def peer_venv(venv: str, packages: Sequence[str], what: str) -> None:
+    """A peer's own virtualenv (its pins clash with tfprod's), installed once per package list."""
+    marker = os.path.join(venv, ".installed")
+    if not os.path.exists(marker) or open(marker).read() != " ".join(packages):
+        print(f"installing {what} into bench/{os.path.basename(venv)} (once) ...", flush=True)
+        subprocess.run([PY, "-m", "venv", venv], check=True)
+        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", *packages], check=True)
         with open(marker, "w") as f:
-            f.write(" ".join(PEER_PACKAGES))
+            f.write(" ".join(packages))
+
+
+def mlserver_server(models: str) -> Server:
+    peer_venv(PEER_VENV, PEER_PACKAGES, "MLServer")
     folder = tempfile.mkdtemp(prefix="mlserver-")
     with open(os.path.join(folder, "runtime.py"), "w") as f:
         f.write(MLSERVER_RUNTIME)
@@ -315,13 +322,7 @@ while True:
 def ray_server(models: str) -> Server:
     """Ray Serve at its best for this model: a replica per core behind its HTTP proxy, rows merged
     by @serve.batch (16 rows / 2 ms), run from its own virtualenv (bench/.venv-ray)."""
-    marker = os.path.join(RAY_VENV, ".installed")
-    if not os.path.exists(marker) or open(marker).read() != " ".join(RAY_PACKAGES):
-        print("installing Ray Serve into bench/.venv-ray (once) ...", flush=True)
-        subprocess.run([PY, "-m", "venv", RAY_VENV], check=True)
-        subprocess.run([os.path.join(RAY_VENV, "bin", "pip"), "install", "-q", *RAY_PACKAGES], check=True)
-        with open(marker, "w") as f:
-            f.write(" ".join(RAY_PACKAGES))
+    peer_venv(RAY_VENV, RAY_PACKAGES, "Ray Serve")
     folder = tempfile.mkdtemp(prefix="ray-")
     with open(os.path.join(folder, "app.py"), "w") as f:
         f.write(RAY_APP)
@@ -428,7 +429,8 @@ def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=6, help="seconds per measurement (default 6)")
     p.add_argument("--connections", default="1,16,64", help="concurrencies (default 1,16,64)")
-    p.add_argument("--no-peer", action="store_true", help="skip MLServer (it installs into bench/.venv-peer)")
+    p.add_argument("--no-peer", action="store_true",
+                   help="skip MLServer and Ray Serve (they install into bench/.venv-peer, bench/.venv-ray)")
     p.add_argument("--out", default=os.path.join(ROOT, "docs"), help="where the results and plot go")
     args = p.parse_args(argv)
     for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
