@@ -222,7 +222,8 @@ class RestApi:
             body = await self._read_within_timeout(request) if request.method == "POST" else b""
             with guard.slot():
                 if self._options.max_json_depth is not None and body:  # linear in the body: large ones off the loop
-                    body = await self._parsed(functools.partial(self._shallow, api=api, request=request), body)
+                    body = self._shallow(body, api, request) if len(body) < _OFFLOAD_BYTES else \
+                        await self._parsed(functools.partial(self._shallow, api=api, request=request), body)
                 return await self._run(work, body, request.receive)
         except RateLimited as e:
             status = e.code.name
@@ -296,6 +297,8 @@ class RestApi:
         json_part = body
         if api == "ModelInfer" and (length := request.headers.get("inference-header-content-length", "")).isdigit():
             json_part = body[:int(length)]  # the rest is binary tensor data
+        if json_part.count(b"[") + json_part.count(b"{") <= limit:  # no deeper than its openers: C-speed count first
+            return body
         depth = json_tensor.nesting_depth(json_part)
         if depth > limit:
             raise invalid(f"JSON nesting depth {depth} exceeds this server's limit of {limit} (max_json_depth)")
