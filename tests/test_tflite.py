@@ -21,7 +21,7 @@ from conftest import ServerProcess
 from sklearn.datasets import load_digits
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tfprod.convert import ConversionError, convert, representative_rows
+from tfprod.edge.convert import ConversionError, convert, representative_rows
 from tfprod.format.saved_model import read_meta_graph, signatures_of
 
 # Largest |difference| from the SavedModel's softmax outputs, per mode (documented in docs/edge.md).

@@ -268,7 +268,7 @@ def _fail(message: str) -> int:
 _LAZY = {
     "demo": ("tfprod.demo", "main"), "inspect": ("tfprod.export.inspect", "main"),
     "migrate": ("tfprod.export.migrate", "main"), "warmup": ("tfprod.export.warmup", "main"),
-    "convert": ("tfprod.convert", "main"),
+    "convert": ("tfprod.edge.convert", "main"),
     "sign": ("tfprod.security.tools", "sign"), "verify": ("tfprod.security.tools", "verify"),
     "apikey": ("tfprod.security.tools", "apikey"),
 }

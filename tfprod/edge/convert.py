@@ -240,7 +240,7 @@ def _write(path: str, data: bytes) -> None:
 def _report(args: argparse.Namespace, files: dict[str, bytes]) -> int:
     from rich.console import Console
 
-    from tfprod import tflite_report
+    from tfprod.edge import report as tflite_report
 
     console = Console(stderr=True)
     signatures = signatures_of(read_meta_graph(args.saved_model_dir, frozenset({"serve"})))
