@@ -274,7 +274,8 @@ def mlserver_server(models: str) -> Server:
     port = free_port()
     with open(os.path.join(folder, "settings.json"), "w") as f:
         json.dump({"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",
-                   "parallel_workers": os.cpu_count() or 1}, f)  # at its best: a worker per core
+                   "parallel_workers": os.cpu_count() or 1,  # at its best: a worker per core
+                   "metrics_dir": os.path.join(folder, ".metrics")}, f)  # not the checkout's working directory
     with open(os.path.join(folder, "model-settings.json"), "w") as f:
         json.dump({"name": "digits", "implementation": "runtime.SavedModel", "max_batch_size": 16,
                    "max_batch_time": 0.002,  # adaptive batching, as tfprod's rows batch
