@@ -76,14 +76,10 @@ class ServerCore:
     def start_in_pool(self, pool: Pool, initial: Sequence[ModelConfig]) -> None:
         """Serve the pool's latest config (a restarted worker's peers may have moved on from the
         command line's), and answer the pool's changes from now on."""
-        saved = pool.saved_config()
         with self._lock:
             self._pool = pool
-            if saved is None:
+            if not self._restore():
                 self.apply(initial)
-            else:
-                self._unloaded = set(saved[1])
-                self.apply(saved[0])
 
     def join_pool(self) -> None:
         """Called once this worker accepts connections: catch up with a change the pool made while
@@ -91,17 +87,24 @@ class ServerCore:
         so no change slips in between."""
         assert self._pool is not None
         with self._pool.exclusive():
-            saved = self._pool.saved_config()
-            if saved is not None and (saved[0], frozenset(saved[1])) != (self._config, frozenset(self._unloaded)):
-                log.info("catching up with the pool's model config")
-                with self._lock:
-                    before = {m.name for m in self._models}
-                    self._unloaded = set(saved[1])
-                    self.apply(saved[0])
-                    added = [m.name for m in self._models if m.name not in before]
-                with contextlib.suppress(ServingError):  # its status tells, as after a reload
-                    self._wait_available(added, 300.0)
+            with self._lock:
+                before = {m.name for m in self._models}
+                if self._restore():
+                    log.info("caught up with the pool's model config")
+                added = [m.name for m in self._models if m.name not in before]
+            with contextlib.suppress(ServingError):  # its status tells, as after a reload
+                self._wait_available(added, 300.0)
             self._pool.open()
+
+    def _restore(self) -> bool:
+        """Apply the pool's saved config if it differs from this worker's; whether it did."""
+        assert self._pool is not None
+        saved = self._pool.saved_config()
+        if saved is None or (saved[0], frozenset(saved[1])) == (self._config, frozenset(self._unloaded)):
+            return False
+        self._unloaded = set(saved[1])
+        self.apply(saved[0])
+        return True
 
     def pool_handlers(self) -> dict[str, Callable[..., Any]]:
         """What the other workers may ask of this one."""
@@ -112,12 +115,8 @@ class ServerCore:
         served = {m.name for m in self._models}
         return {n: (self._manager.status(n), n in served) for n in names}
 
-    def statuses(self, name: str) -> list[VersionStatus]:
-        """A model's version statuses, newest first: this process's, or the pool's."""
-        return self.statuses_of([name])[name]
-
     def statuses_of(self, names: Sequence[str]) -> dict[str, list[VersionStatus]]:
-        """Several models' statuses, asking the pool once."""
+        """Models' version statuses, newest first: this process's, or the pool's (asked once)."""
         here = self._statuses_here(names)
         if self._pool is None:
             return {n: statuses for n, (statuses, _) in here.items()}
@@ -133,7 +132,7 @@ class ServerCore:
         def apply_here() -> None:
             try:
                 here(*args)
-            except ServingError as e:
+            except Exception as e:  # reported below, as a peer's would be
                 errors.append(e)
 
         with self._pool.exclusive():  # this worker and the others at once: one load time, not two
@@ -144,7 +143,7 @@ class ServerCore:
         errors += [a for a in theirs if isinstance(a, BaseException)]
         if errors:
             raise errors[0] if isinstance(errors[0], ServingError) else ServingError(
-                Code.UNAVAILABLE, f"a worker did not apply the change: {errors[0]}")
+                Code.UNAVAILABLE, f"a worker did not apply the change: {errors[0]!r}")
 
     def reload(self, models: Sequence[ModelConfig], timeout_s: float) -> None:
         """Apply a config pushed over gRPC, as TF Serving's HandleReloadConfigRequest does: answer once

@@ -18,6 +18,7 @@ asked and does not hold the pool's answers back.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -107,19 +108,10 @@ class Pool:
         """Every other serving worker's answer to `op`, asked all at once. An exception stands in
         for an answer: the handler's own, or a PeerError for a worker that could not answer."""
         paths = self._peer_sockets()
-        if len(paths) <= 1:
-            return [_call(p, self.slot.key, op, args, timeout_s) for p in paths]
-        answers: list[Any] = [None] * len(paths)
-
-        def one(i: int) -> None:
-            answers[i] = _call(paths[i], self.slot.key, op, args, timeout_s)
-
-        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(paths))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return answers
+        if not paths:
+            return []
+        with concurrent.futures.ThreadPoolExecutor(len(paths), thread_name_prefix="tfprod-pool-ask") as ask:
+            return list(ask.map(lambda path: _call(path, self.slot.key, op, args, timeout_s), paths))
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -142,14 +134,9 @@ class Pool:
 
     def saved_metrics(self, live: set[int]) -> list[Any]:
         """The last reported metrics of the processes not in `live` (dead, or not answering)."""
-        out = []
-        for path in glob.glob(os.path.join(self.slot.directory, "metrics-*.pickle")):
-            pid = int(os.path.basename(path).split("-")[1].split(".")[0])
-            if pid not in live:
-                with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
-                    with open(path, "rb") as f:
-                        out.append(pickle.load(f))
-        return out
+        names = (os.path.basename(p) for p in glob.glob(os.path.join(self.slot.directory, "metrics-*.pickle")))
+        saved = (self._read(n) for n in names if int(n.split("-")[1].split(".")[0]) not in live)
+        return [s for s in saved if s is not None]
 
     def _write(self, name: str, value: Any) -> None:
         path = os.path.join(self.slot.directory, name)
@@ -159,10 +146,13 @@ class Pool:
         os.replace(part, path)
 
     def saved_config(self) -> Any | None:
+        return self._read(_STATE)
+
+    def _read(self, name: str) -> Any | None:
         try:
-            with open(os.path.join(self.slot.directory, _STATE), "rb") as f:
+            with open(os.path.join(self.slot.directory, name), "rb") as f:
                 return pickle.load(f)
-        except FileNotFoundError:
+        except (OSError, EOFError, pickle.UnpicklingError):  # not written yet (a file is replaced whole)
             return None
 
     def _peer_sockets(self) -> list[str]:
