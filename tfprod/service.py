@@ -144,6 +144,11 @@ class Service:
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
             return version, servable.signature(spec.signature_name)
 
+    def version_dir(self, spec: ModelSpec) -> tuple[int, str]:
+        """(version, its directory) of a version being served."""
+        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
+            return version, servable.path
+
     def available_versions(self, name: str) -> list[int]:
         return sorted(s.version for s in self._statuses_of([name])[name] if s.state is State.AVAILABLE)
 

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from tfprod.api.ui import UiRoutes
 from tfprod.api.v2 import V2Models, refuse_overrides
 from tfprod.codec import example, json_tensor, messages, v2
 from tfprod.core.manager import VersionStatus
@@ -120,6 +121,7 @@ class RestApi:
         self._exposition = exposition  # Prometheus text: this process's metrics, or a pool's
         self._options = options
         self._guard = guard
+        self._ui = UiRoutes(service, guard)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=options.num_threads, thread_name_prefix="tfprod-rest"
         )
@@ -143,6 +145,8 @@ class RestApi:
             response = await self._answer(request, self._route_v2)
             if self._options.enable_cors:
                 response.headers.update(_CORS)
+        elif path.startswith("/ui/"):
+            response = await self._answer(request, self._route_ui)
         elif path == "/healthz":
             response = _json_response(200, {"status": "alive"})
         elif path == "/readyz":
@@ -176,6 +180,9 @@ class RestApi:
                 return spec.name, "GetModelMetadata", lambda _: _json_ok(self._metadata(spec))
             return spec.name, "GetModelStatus", lambda _: _json_ok(self._status(spec))
         raise invalid(f"Malformed request: {method} {path}")
+
+    def _route_ui(self, request: Request, path: str) -> Route:
+        return self._ui.route(request.method, path, request.headers.get("if-none-match"))
 
     def _route_v2(self, request: Request, path: str) -> Route:
         method, v2models = request.method, self._v2

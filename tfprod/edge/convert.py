@@ -1,4 +1,6 @@
-"""`tfprod convert SAVED_MODEL_DIR --to tflite --quantize none|dynamic|float16|int8`.
+"""`tfprod convert SAVED_MODEL_DIR --to tflite|tfjs --quantize MODE`.
+
+TF.js (`--to tfjs`, quantize none|float16|uint16|uint8) is our own exporter: tfprod/edge/tfjs.py.
 
 TensorFlow's own converter (`tf.lite.TFLiteConverter.from_saved_model`) does the work, keeping
 the SavedModel's signature names and aliases, so the server answers the same requests from the
@@ -20,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from tfprod.edge import tfjs
 from tfprod.format.saved_model import read_meta_graph, signatures_of
 from tfprod.servables.tflite import TFLITE_FILE
 from tfprod.signature import DEFAULT_SIGNATURE, Signature
@@ -190,43 +193,82 @@ def _explain(message: str, mode: str) -> str:
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="tfprod convert", description=__doc__.split("\n\n")[0])
     p.add_argument("saved_model_dir", help="a SavedModel version directory")
-    p.add_argument("--to", choices=["tflite"], default="tflite")
-    p.add_argument("--quantize", default="none", help=f"one of {', '.join(MODES)}; with --report, several "
-                   "separated by commas")
+    p.add_argument("--to", choices=["tflite", "tfjs"], default="tflite",
+                   help="tflite: VERSION_DIR/model.tflite; tfjs: a TF.js graph model in VERSION_DIR/tfjs/")
+    p.add_argument("--quantize", default="none", help=f"tflite: one of {', '.join(MODES)} (with --report, several "
+                   f"separated by commas); tfjs: one of {', '.join(tfjs.MODES)}")
     p.add_argument("--representative", help="calibration data for int8: .npy, .npz, .csv or .tfrecord")
     p.add_argument("--io_type", choices=["int8", "uint8"], help="int8 only: quantized model inputs and outputs "
                    "(the server still takes and answers float32)")
-    p.add_argument("--signature", action="append", help="signature(s) to convert (default: all; int8: "
+    p.add_argument("--signature", action="append", help="signature(s) to convert (default: all; int8 and tfjs: "
                    f"{DEFAULT_SIGNATURE} when there are several)")
-    p.add_argument("--output", help=f"where to write (default: SAVED_MODEL_DIR/{TFLITE_FILE})")
-    p.add_argument("--report", metavar="DIR", help="measure size, LiteRT vs TensorFlow latency and agreement per "
-                   "mode; write DIR/report.md, DIR/report.png and the converted files")
+    p.add_argument("--output", help=f"where to write (default: SAVED_MODEL_DIR/{TFLITE_FILE} or "
+                   f"SAVED_MODEL_DIR/{tfjs.TFJS_DIR}/)")
+    p.add_argument("--private_key", help="re-sign a signed version with this key (PEM) once the file is written "
+                   "into it; without it a signed version no longer verifies (see docs/edge.md)")
+    p.add_argument("--report", metavar="DIR", help="tflite: measure size, LiteRT vs TensorFlow latency and "
+                   "agreement per mode; write DIR/report.md, DIR/report.png and the converted files")
     p.add_argument("--eval", help="evaluation inputs for --report (formats as --representative; default: the "
                    "representative data)")
     p.add_argument("--labels", help="labels of the evaluation rows (.npy of class ids) for accuracy")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.quantize.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
-    if not os.path.isdir(args.saved_model_dir) or bad or not modes or (len(modes) > 1 and not args.report):
-        problem = (f"{args.saved_model_dir} is not a directory" if not os.path.isdir(args.saved_model_dir) else
-                   f"--quantize must name modes among {', '.join(MODES)}" if bad or not modes else
-                   "several --quantize modes need --report DIR (each file goes there)")
+    allowed = tfjs.MODES if args.to == "tfjs" else MODES
+    bad = [m for m in modes if m not in allowed]
+    problem = (f"{args.saved_model_dir} is not a directory" if not os.path.isdir(args.saved_model_dir) else
+               f"--quantize must name modes among {', '.join(allowed)}" if bad or not modes else
+               "several --quantize modes need --report DIR (each file goes there)" if len(modes) > 1 and
+               not args.report else
+               "--to tfjs takes one --signature" if args.to == "tfjs" and len(args.signature or []) > 1 else
+               "--report is for tflite; `tfprod parity VERSION_DIR` compares TF.js with TensorFlow"
+               if args.to == "tfjs" and args.report else "")
+    if problem:
         print(f"tfprod convert: error: {problem}", file=sys.stderr)
         return 1
     try:
+        if args.to == "tfjs":
+            output = tfjs.export(args.saved_model_dir, args.output, modes[0], (args.signature or [""])[0])
+            size = sum(os.path.getsize(os.path.join(output, f)) for f in os.listdir(output))
+            print(f"wrote {output}/ ({size:,} bytes, {modes[0]})")
+            return _after_writing(args, output)
         files = {}
         for mode in dict.fromkeys(["none", *modes] if args.report else modes):
             files[mode] = convert(args.saved_model_dir, mode, representative=args.representative,
                                   io_type=args.io_type if mode == "int8" else None, signature_keys=args.signature)
         if args.report:
             return _report(args, files)
-    except (ConversionError, OSError) as e:
+    except (ConversionError, tfjs.ConversionError, OSError) as e:
         print(f"tfprod convert: error: {e}", file=sys.stderr)
         return 1
     flatbuffer = files[modes[0]]
     output = args.output or os.path.join(args.saved_model_dir, TFLITE_FILE)
     _write(output, flatbuffer)
     print(f"wrote {output} ({len(flatbuffer):,} bytes, {modes[0]})")
+    return _after_writing(args, output)
+
+
+def _after_writing(args: argparse.Namespace, output: str) -> int:
+    """A signed version that just got a file: re-sign it with --private_key, or say what changed."""
+    from tfprod.security import signing
+
+    version_dir = os.path.abspath(args.saved_model_dir)
+    inside = os.path.commonpath([version_dir, os.path.abspath(output)]) == version_dir
+    if not inside or not os.path.isfile(os.path.join(version_dir, signing.SIGNATURE_FILE)):
+        return 0
+    if args.private_key:
+        try:
+            signing.sign(args.saved_model_dir, args.private_key)
+        except (OSError, ValueError, TypeError) as e:
+            print(f"tfprod convert: error: wrote {output} but could not re-sign {args.saved_model_dir}: {e}",
+                  file=sys.stderr)
+            return 1
+        print(f"re-signed {args.saved_model_dir} ({signing.SIGNATURE_FILE} now covers {os.path.basename(output)})")
+        return 0
+    print(f"tfprod convert: warning: {args.saved_model_dir} is signed and its signature does not cover "
+          f"{os.path.basename(output)}. A server under require_signature keeps serving the loaded version but "
+          "hands no TF.js files to browsers, and refuses the version at its next load. Re-sign it: "
+          f"tfprod sign {args.saved_model_dir} --private_key KEY (or convert with --private_key KEY)",
+          file=sys.stderr)
     return 0
 
 

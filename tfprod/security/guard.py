@@ -38,7 +38,7 @@ ACTION_OF_API = {
     "Predict": "predict", "Classify": "predict", "Regress": "predict", "MultiInference": "predict",
     "ModelInfer": "predict",
     "GetModelStatus": "read", "GetModelMetadata": "read", "ListModels": "read", "ModelMetadata": "read",
-    "ModelReady": "read", "RepositoryIndex": "read",
+    "ModelReady": "read", "RepositoryIndex": "read", "BrowserPage": "read", "ModelFiles": "read", "StaticFiles": "read",
     "HandleReloadConfigRequest": "admin", "RepositoryModelLoad": "admin", "RepositoryModelUnload": "admin",
 }
 

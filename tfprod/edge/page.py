@@ -1,0 +1,107 @@
+"""The in-browser page's files: the page itself, its script, the shipped TF.js runtime and a
+version's converted model files. Framework-free, so the server's /ui/ routes and the parity
+gate's own loopback server hand out the same bytes with the same headers."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import html
+import json
+import os
+import re
+from typing import Any
+
+from tfprod.edge.tfjs import MODEL_JSON, RUNTIME_DIR
+
+WEB_DIR = os.path.dirname(RUNTIME_DIR)
+# Cross-origin isolation lets the threaded WASM build use SharedArrayBuffer; every file the page
+# loads is same-origin, which require-corp allows.
+ISOLATION = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+_TYPES = {".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json", ".css": "text/css",
+          ".bin": "application/octet-stream", "": "text/plain; charset=utf-8"}
+_PAGE_FILES = ("browser.js", "browser.css")
+_MODEL_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class File:
+    content: bytes
+    media_type: str
+    etag: str
+
+    def headers(self) -> dict[str, str]:
+        return {**ISOLATION, "ETag": f'"{self.etag}"', "Cache-Control": "no-cache"}
+
+
+def _media_type(name: str) -> str:
+    return _TYPES.get(os.path.splitext(name)[1], "application/octet-stream")
+
+
+@functools.cache
+def runtime_manifest() -> dict[str, Any]:
+    with open(os.path.join(RUNTIME_DIR, "manifest.json")) as f:
+        return dict(json.load(f))
+
+
+def static_file(name: str) -> File | None:
+    """`browser.js`, `browser.css` or `tfjs/<a file of the runtime manifest>`; None for anything else."""
+    if name in _PAGE_FILES:
+        path = os.path.join(WEB_DIR, name)
+    elif name.startswith("tfjs/") and name[5:] in runtime_manifest()["files"]:
+        path = os.path.join(RUNTIME_DIR, name[5:])
+    else:
+        return None
+    with open(path, "rb") as f:
+        content = f.read()
+    return File(content, _media_type(name), hashlib.sha256(content).hexdigest()[:32])
+
+
+def model_file(tfjs_dir: str, name: str) -> File | None:
+    """A file of a converted model (model.json, weight shards); None when absent or not a plain
+    file name inside the directory."""
+    if not _MODEL_FILE.fullmatch(name):
+        return None
+    path = os.path.join(tfjs_dir, name)
+    real = os.path.realpath(path)
+    if os.path.dirname(real) != os.path.realpath(tfjs_dir) or not os.path.isfile(real):
+        return None
+    with open(real, "rb") as f:
+        content = f.read()
+    stat = os.stat(real)
+    return File(content, _media_type(name), f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
+
+
+def signature_key(tfjs_dir: str) -> str:
+    with open(os.path.join(tfjs_dir, MODEL_JSON)) as f:
+        meta = json.load(f).get("userDefinedMetadata") or {}
+    return str(meta.get("signatureKey") or "serving_default")
+
+
+def render(*, model: str, version: int, static_url: str, model_url: str, predict_url: str | None,
+           signature: str) -> bytes:
+    """The page for one version; `predict_url` None: no server answer (the parity gate's page)."""
+    with open(os.path.join(WEB_DIR, "browser.html")) as f:
+        template = f.read()
+    config = {"model": model, "version": version, "modelUrl": model_url, "predictUrl": predict_url,
+              "runtimeUrl": static_url + "tfjs/", "signatureKey": signature}
+    text = json.dumps(config).replace("<", "\\u003c")  # inside <script>: no way out of the element
+    heading = f"{model} version {version} in the browser"
+    page = (template.replace("{title}", html.escape(f"{heading} - tfprod"))
+            .replace("{heading}", html.escape(heading)).replace("{static}", html.escape(static_url))
+            .replace("{config}", text))
+    return page.encode()
+
+
+def missing_page(model: str, version: int) -> bytes:
+    """What the page route answers for a version without a TF.js model."""
+    heading = f"{model} version {version} has no TF.js model"
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(heading)} - tfprod'
+            f'</title></head><body><main><h1>{html.escape(heading)}</h1><p>Convert it, then reload this page:</p>'
+            f'<pre>tfprod convert MODEL_BASE_PATH/{version} --to tfjs</pre></main></body></html>').encode()
