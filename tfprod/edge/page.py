@@ -50,15 +50,47 @@ def runtime_manifest() -> dict[str, Any]:
         return dict(json.load(f))
 
 
+class RuntimeTampered(Exception):
+    pass
+
+
+def verify_runtime(directory: str = RUNTIME_DIR) -> list[str]:
+    """The runtime files in `directory` that differ from its manifest (changed, missing)."""
+    with open(os.path.join(directory, "manifest.json")) as f:
+        expected = json.load(f)["files"]
+    problems = []
+    for name, want in sorted(expected.items()):
+        try:
+            with open(os.path.join(directory, name), "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            problems.append(f"{name}: missing")
+            continue
+        if digest != want["sha256"]:
+            problems.append(f"{name}: sha256 {digest[:16]}..., the manifest says {want['sha256'][:16]}...")
+    return problems
+
+
+@functools.cache
+def _runtime_file(name: str) -> File:
+    """A runtime file, read once and checked against the manifest: a browser never gets a
+    runtime file that differs from the one the manifest names."""
+    with open(os.path.join(RUNTIME_DIR, name), "rb") as f:
+        content = f.read()
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != runtime_manifest()["files"][name]["sha256"]:
+        raise RuntimeTampered(f"the shipped TF.js runtime file {name} does not match its sha256 manifest "
+                              "(tfprod/edge/web/tfjs/manifest.json): reinstall tfprod")
+    return File(content, _media_type(name), digest[:32])
+
+
 def static_file(name: str) -> File | None:
     """`browser.js`, `browser.css` or `tfjs/<a file of the runtime manifest>`; None for anything else."""
-    if name in _PAGE_FILES:
-        path = os.path.join(WEB_DIR, name)
-    elif name.startswith("tfjs/") and name[5:] in runtime_manifest()["files"]:
-        path = os.path.join(RUNTIME_DIR, name[5:])
-    else:
+    if name.startswith("tfjs/") and name[5:] in runtime_manifest()["files"]:
+        return _runtime_file(name[5:])
+    if name not in _PAGE_FILES:
         return None
-    with open(path, "rb") as f:
+    with open(os.path.join(WEB_DIR, name), "rb") as f:
         content = f.read()
     return File(content, _media_type(name), hashlib.sha256(content).hexdigest()[:32])
 
