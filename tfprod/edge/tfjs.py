@@ -154,7 +154,12 @@ def _frozen(version_dir: str, key: str) -> tuple[Any, dict[str, Any], dict[str, 
         raise ConversionError(f"choose the signature to convert with --signature (found {sorted(keys)})" if not key
                               else f"no signature {key!r} in {version_dir} (it has {sorted(keys)})")
     function = loaded.signatures[key]
-    frozen = convert_variables_to_constants_v2(function)
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")  # TF 1 graphs: TensorFlow warns that it cannot re-serialize their collections
+    try:
+        frozen = convert_variables_to_constants_v2(function)
+    finally:
+        logger.setLevel(level)
     # the frozen function keeps the original's input and output order (tf.nest's: sorted keys)
     specs = tf.nest.flatten(function.structured_input_signature[1])
     aliases = sorted(function.structured_input_signature[1])
@@ -170,13 +175,12 @@ def _frozen(version_dir: str, key: str) -> tuple[Any, dict[str, Any], dict[str, 
 def _optimize(graph_def: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any], remap: bool) -> Any:
     """Grappler over the frozen graph: prune what the outputs do not need, fold constants, simplify
     arithmetic, and (with `remap`) fuse MatMul/Conv2D with bias and activation."""
-    import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
     from tensorflow.python.grappler import tf_optimizer
 
-    with tf.Graph().as_default() as graph:
-        tf.graph_util.import_graph_def(graph_def, name="")
-        meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def, graph=graph)
+    meta_graph = meta_graph_pb2.MetaGraphDef(graph_def=graph_def)
+    for node in meta_graph.graph_def.node:  # the remapper fuses only nodes placed on a CPU
+        node.device = "/job:localhost/replica:0/task:0/device:CPU:0"
     fetch = meta_graph_pb2.CollectionDef()
     fetch.node_list.value.extend(t.name for t in outputs.values())
     meta_graph.collection_def["train_op"].CopyFrom(fetch)
@@ -188,9 +192,12 @@ def _optimize(graph_def: Any, inputs: Mapping[str, Any], outputs: Mapping[str, A
     config = config_pb2.ConfigProto()
     rewrite = config.graph_options.rewrite_options
     passes = ["pruning", "constfold", "arithmetic", "dependency", "function", "pruning"]
-    rewrite.optimizers.extend([*passes, *(["remapper", "constfold", "arithmetic"] if remap else [])])
+    rewrite.optimizers.extend([*passes, *(["remap", "constfold", "arithmetic"] if remap else [])])
     rewrite.meta_optimizer_iterations = 2
-    return tf_optimizer.OptimizeGraph(config, meta_graph)
+    optimized = tf_optimizer.OptimizeGraph(config, meta_graph)
+    for node in optimized.node:
+        node.device = ""  # TF.js places nothing
+    return optimized
 
 
 def _tensor_info(info: Any, tensor: Any) -> None:
@@ -290,16 +297,16 @@ def graph_ops(graph_def: Any) -> dict[str, list[str]]:
 
 def check_ops(graph_def: Any) -> None:
     """Refuse a graph with ops the TF.js runtime lacks or its WASM backend gets wrong, naming them."""
-    ops = graph_ops(graph_def)
-    problems = []
-    for op, nodes in sorted(ops.items()):
-        where = f"{op} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}, e.g. '{nodes[0]}')"
+    reasons: dict[str, list[tuple[str, list[str]]]] = {}  # reason -> its ops and their nodes
+    for op, nodes in sorted(graph_ops(graph_def).items()):
         if op in WASM_DENIED:
-            problems.append(f"{where}: {WASM_DENIED[op]}")
+            reasons.setdefault(WASM_DENIED[op], []).append((op, nodes))
         elif op not in supported_ops() and op not in ("Placeholder", "NoOp"):
-            problems.append(f"{where}: not in TF.js {runtime_version()}'s op list"
-                            + (f"; {HINTS[op]}" if op in HINTS else ""))
-    if problems:
+            reason = f"not in TF.js {runtime_version()}'s op list" + (f"; {HINTS[op]}" if op in HINTS else "")
+            reasons.setdefault(reason, []).append((op, nodes))
+    if reasons:
+        problems = [f"{', '.join(op for op, _ in found)} (e.g. node '{found[0][1][0]}'): {reason}"
+                    for reason, found in reasons.items()]
         raise ConversionError("the model cannot run in TF.js on the WASM backend:\n  " + "\n  ".join(problems))
 
 
