@@ -16,7 +16,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/tfprod demo
 
-test: install
+test: install  # the browser tests drive Debian's Chromium (Playwright's own download needs the internet); Node: parity's fallback
+	(command -v chromium && command -v node) >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium nodejs) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium nodejs)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/pytest -q
 
 lint: install

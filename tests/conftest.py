@@ -89,6 +89,31 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def chromium() -> Iterator:  # type: ignore[type-arg]
+    """Debian's headless Chromium under Playwright (its own browser download needs the internet)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("Chromium is not installed: `make test` installs it (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def artifact_path(name: str) -> str:
+    """Where a test leaves what a person should look at (screenshots): $TFPROD_TEST_ARTIFACTS or
+    build/test-artifacts."""
+    root = os.environ.get("TFPROD_TEST_ARTIFACTS") or os.path.join(os.path.dirname(__file__), "..", "build",
+                                                                   "test-artifacts")
+    os.makedirs(root, exist_ok=True)
+    return os.path.join(root, name)
+
+
+@pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:  # type: ignore[type-arg]
     """Factory: start_server([...flags]) -> a ServerProcess, stopped at the end of the session."""
     servers: list[ServerProcess] = []

@@ -195,26 +195,33 @@ class BrowserRunner:
 
     engine = "chromium"
 
-    def __init__(self, timeout_s: float = 60.0) -> None:
+    def __init__(self, timeout_s: float = 60.0, browser: Any = None) -> None:
+        """`browser`: a Playwright browser to use (the caller's); default: launch Chromium."""
         self._timeout_s = timeout_s
+        self._browser, self._own = browser, browser is None
+        self._playwright: Any = None
 
     def __enter__(self) -> BrowserRunner:
-        from playwright.sync_api import sync_playwright
-
         self._site = _Site(("127.0.0.1", 0), _Handler)
         threading.Thread(target=self._site.serve_forever, daemon=True).start()
-        self._playwright = sync_playwright().start()
-        try:
-            self._browser = self._playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
-        except Exception:
-            self.__exit__()
-            raise
+        if self._own:
+            from playwright.sync_api import sync_playwright
+
+            self._playwright = sync_playwright().start()
+            try:
+                self._browser = self._playwright.chromium.launch(executable_path=chromium_path(),
+                                                                 args=["--no-sandbox"])
+            except Exception:
+                self.__exit__()
+                raise
         return self
 
     def __exit__(self, *_: Any) -> None:
-        if getattr(self, "_browser", None) is not None:
-            self._browser.close()
-        self._playwright.stop()
+        if self._own:
+            if self._browser is not None:
+                self._browser.close()
+                self._browser = None
+            self._playwright.stop()
         self._site.shutdown()
         self._site.server_close()
 
@@ -288,7 +295,9 @@ def compare(runtime: str, mode: str, precision: str, expected: Mapping[str, np.n
 
 
 def gate(version_dir: str, x: Mapping[str, np.ndarray], key: str, runtimes: Sequence[str], modes: Sequence[str],
-         engine: str | None, progress: Callable[[str], None] = lambda _: None) -> list[Result]:
+         engine: str | BrowserRunner | NodeRunner | None,
+         progress: Callable[[str], None] = lambda _: None) -> list[Result]:
+    """`engine`: "chromium", "node", or a runner to use."""
     progress("TensorFlow (the reference)")
     expected = _run_served(version_dir, key, x, lite=False)
     results: list[Result] = []
@@ -303,13 +312,14 @@ def gate(version_dir: str, x: Mapping[str, np.ndarray], key: str, runtimes: Sequ
     if "tfjs" in runtimes:
         if engine is None:
             raise ParityError("TF.js needs Chromium (with `pip install playwright`) or Node: neither is installed")
-        with (BrowserRunner() if engine == "chromium" else NodeRunner()) as runner:
+        chosen = engine if not isinstance(engine, str) else BrowserRunner() if engine == "chromium" else NodeRunner()
+        with chosen as runner:
             for mode, tfjs_dir in _tfjs_dirs(version_dir, key, modes):
-                progress(f"TF.js in {engine} ({mode})")
+                progress(f"TF.js in {runner.engine} ({mode})")
                 with tfjs_dir as where:
                     with open(os.path.join(where, tfjs.MODEL_JSON)) as f:
                         quantization = (json.load(f).get("userDefinedMetadata") or {}).get("quantization", "none")
-                    results += compare(f"tfjs ({engine})", mode, TFJS_CLASS.get(quantization, "8-bit"), expected,
+                    results += compare(f"tfjs ({runner.engine})", mode, TFJS_CLASS.get(quantization, "8-bit"), expected,
                                        runner.run(where, x))
     return results
 
@@ -330,6 +340,8 @@ def _tflite_files(version_dir: str, key: str, modes: Sequence[str], x: Mapping[s
             np.savez(representative, **x)  # type: ignore[arg-type]
         try:
             yield mode, convert(version_dir, mode, representative=representative, signature_keys=[key])
+        except ConversionError as e:
+            raise ParityError(f"LiteRT ({mode}): {e}; leave it out with --runtimes tf,tfjs") from None
         finally:
             if representative:
                 shutil.rmtree(os.path.dirname(representative), ignore_errors=True)

@@ -35,24 +35,28 @@ MODES = ("none", "float16", "uint16", "uint8")
 SHARD_BYTES = 4 * 1024 * 1024  # the official converter's default shard size
 RUNTIME_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web", "tfjs")
 
-# Ops TF.js maps but its WASM backend (the one the browser page runs) gets wrong or cannot run,
-# measured with TF.js 4.22; each with what to do instead.
+# Ops refused although TF.js maps them: its WASM backend (the one the browser page runs) gets them
+# wrong or cannot run them (measured with TF.js 4.22); each with what to do instead.
 _LOOP = ("a while loop (a Keras RNN/LSTM/GRU layer, or tf.while_loop): the WASM backend cannot run it; "
          "build the layer with unroll=True (fixed sequence length)")
-WASM_DENIED = {
+REFUSED = {
     "Einsum": "the WASM backend has no Einsum kernel (Keras MultiHeadAttention, EinsumDense): express the "
               "product with MatMul/BatchMatMul (reshape + tf.matmul)",
     "MaxPool3D": "the WASM backend gives wrong answers for all-negative windows: pool after a ReLU, or use "
                  "MaxPool2D over reshaped frames",
     **{op: _LOOP for op in ("While", "StatelessWhile", "Enter", "Exit", "NextIteration", "LoopCond",
                             "TensorListReserve", "TensorListFromTensor", "TensorListStack")},
+    # TF.js has these ops, but a frozen graph carries no table initialisation: every lookup would
+    # answer the default value
+    **{op: "lookup tables are not converted (their initialisation from assets is not part of the frozen graph): "
+           "map strings to ids before the model" for op in ("HashTable", "HashTableV2", "LookupTableFind",
+                                                              "LookupTableFindV2", "MutableHashTableV2")},
 }
 # Ops TF.js does not have that users meet often, with what to do instead.
 HINTS = {
     "Erfc": "exact GELU: use gelu(approximate=True) (tf.nn.gelu(x, approximate=True))",
     "ParseExample": "the signature parses serialized tf.Examples: export a signature over the feature tensors",
     "ParseExampleV2": "the signature parses serialized tf.Examples: export a signature over the feature tensors",
-    "HashTableV2": "lookup tables are not converted: map strings to ids before the model",
 }
 # Fused ops TF.js runs as they are: (op, fused_ops) with a constant bias.
 _TFJS_ACTIVATIONS = {"Relu", "Relu6", "Elu", "LeakyRelu", "Sigmoid"}
@@ -140,36 +144,61 @@ def convert(version_dir: str, mode: str = "none", signature_key: str = "") -> tu
 
 def _frozen(version_dir: str, key: str) -> tuple[Any, dict[str, Any], dict[str, Any], str]:
     """(GraphDef with variables as constants, {input alias: placeholder tensor}, {output alias:
-    tensor}, signature key)."""
+    tensor}, signature key). TF 2 SavedModels through their concrete functions; TF 1 graphs (no
+    object graph: `saved_model.Builder`) in a Session, as the server loads them."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tfprod.format.saved_model import read_meta_graph, signatures_of
 
     try:
-        loaded = tf.saved_model.load(version_dir, tags=["serve"])
-    except (OSError, ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise ConversionError(f"cannot load {version_dir} as a SavedModel: {str(e)[:300]}") from None
-    keys = list(loaded.signatures.keys())
+        meta_graph = read_meta_graph(version_dir, frozenset({"serve"}))
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"cannot read {version_dir} as a SavedModel: {str(e)[:300]}") from None
+    keys = sorted(k for k in signatures_of(meta_graph) if not k.startswith("__"))
     key = key or (DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in keys else (keys[0] if len(keys) == 1 else ""))
     if key not in keys:
-        raise ConversionError(f"choose the signature to convert with --signature (found {sorted(keys)})" if not key
-                              else f"no signature {key!r} in {version_dir} (it has {sorted(keys)})")
-    function = loaded.signatures[key]
+        raise ConversionError(f"choose the signature to convert with --signature (found {keys})" if not key
+                              else f"no signature {key!r} in {version_dir} (it has {keys})")
     logger, level = tf.get_logger(), tf.get_logger().level
     logger.setLevel("ERROR")  # TF 1 graphs: TensorFlow warns that it cannot re-serialize their collections
     try:
-        frozen = convert_variables_to_constants_v2(function)
+        if meta_graph.object_graph_def.nodes:
+            return (*_frozen_function(version_dir, key), key)
+        return (*_frozen_session(version_dir, key), key)
+    except (OSError, ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise ConversionError(f"cannot freeze signature {key!r} of {version_dir}: {str(e)[:300]}") from None
     finally:
         logger.setLevel(level)
+
+
+def _frozen_function(version_dir: str, key: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    loaded = tf.saved_model.load(version_dir, tags=["serve"])  # holds the variables while they are frozen
+    function = loaded.signatures[key]
+    frozen = convert_variables_to_constants_v2(function)
     # the frozen function keeps the original's input and output order (tf.nest's: sorted keys)
-    specs = tf.nest.flatten(function.structured_input_signature[1])
     aliases = sorted(function.structured_input_signature[1])
-    if len(specs) != len(frozen.inputs):
-        raise ConversionError(f"signature {key!r} takes {len(specs)} inputs but its frozen graph has "
+    if len(aliases) != len(frozen.inputs):
+        raise ConversionError(f"signature {key!r} takes {len(aliases)} inputs but its frozen graph has "
                               f"{len(frozen.inputs)} placeholders")
     inputs = dict(zip(aliases, frozen.inputs, strict=True))
-    output_aliases = sorted(function.structured_outputs)
-    outputs = dict(zip(output_aliases, frozen.outputs, strict=True))
-    return frozen.graph.as_graph_def(), inputs, outputs, key
+    outputs = dict(zip(sorted(function.structured_outputs), frozen.outputs, strict=True))
+    return frozen.graph.as_graph_def(), inputs, outputs
+
+
+def _frozen_session(version_dir: str, key: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    with tf.Graph().as_default() as graph, tf1.Session(graph=graph) as session:
+        signature = tf1.saved_model.loader.load(session, ["serve"], version_dir).signature_def[key]
+        inputs = {alias: graph.get_tensor_by_name(info.name) for alias, info in sorted(signature.inputs.items())}
+        outputs = {alias: graph.get_tensor_by_name(info.name) for alias, info in sorted(signature.outputs.items())}
+        frozen = tf1.graph_util.convert_variables_to_constants(
+            session, graph.as_graph_def(), sorted({t.op.name for t in outputs.values()}))
+    return frozen, inputs, outputs
 
 
 def _optimize(graph_def: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any], remap: bool) -> Any:
@@ -299,8 +328,8 @@ def check_ops(graph_def: Any) -> None:
     """Refuse a graph with ops the TF.js runtime lacks or its WASM backend gets wrong, naming them."""
     reasons: dict[str, list[tuple[str, list[str]]]] = {}  # reason -> its ops and their nodes
     for op, nodes in sorted(graph_ops(graph_def).items()):
-        if op in WASM_DENIED:
-            reasons.setdefault(WASM_DENIED[op], []).append((op, nodes))
+        if op in REFUSED:
+            reasons.setdefault(REFUSED[op], []).append((op, nodes))
         elif op not in supported_ops() and op not in ("Placeholder", "NoOp"):
             reason = f"not in TF.js {runtime_version()}'s op list" + (f"; {HINTS[op]}" if op in HINTS else "")
             reasons.setdefault(reason, []).append((op, nodes))

@@ -198,7 +198,8 @@
     status(serverError ? `browser answered in ${page.lastBrowserMs.toFixed(1)} ms; ${serverError}` :
       `browser (${tf.getBackend()}) answered in ${page.lastBrowserMs.toFixed(1)} ms` + (server ? "; server answered" : ""),
       Boolean(serverError));
-    return {browser, server, serverError, rows};
+    page.last = {browser, server, serverError, rows};
+    return page.last;
   };
   page.run = (inputs) => runInBrowser(page.model, inputs);
 
