@@ -2,9 +2,10 @@
 
     /ui/models/{name}[/versions/{v}]/browser     the page (latest available version by default)
     /ui/models/{name}/versions/{v}/tfjs/{file}   the version's TF.js model (model.json, shards)
-    /ui/static/{file}                            the page's script and the shipped TF.js runtime
+    /ui/models/{name}/static/{file}              the page's script and the shipped TF.js runtime
 
-All of them need the `read` scope when auth is on. Under `require_signature` the model files are
+All of them need the `read` scope on the model when auth is on (the runtime files too: under the
+model's path, so a caller allowed one model needs no server-wide scope). Under `require_signature` the model files are
 handed out only while the version's signature covers them: `tfprod convert` writes `tfjs/` into
 the version after it was signed, and a browser must never run files nobody signed.
 """
@@ -28,7 +29,7 @@ from tfprod.service import ModelSpec, Service
 
 _PAGE = re.compile(r"/ui/models/([^/]+)(?:/versions/(\d+))?/browser/?")
 _MODEL_FILE = re.compile(r"/ui/models/([^/]+)/versions/(\d+)/tfjs/([^/]+)")
-_STATIC = "/ui/static/"
+_STATIC = re.compile(r"/ui/models/([^/]+)/static/(.+)")
 Route = tuple[str, str, Callable[[bytes], Response]]
 
 
@@ -42,9 +43,9 @@ class UiRoutes:
     def route(self, method: str, path: str, if_none_match: str | None) -> Route:
         if method not in ("GET", "HEAD"):
             raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
-        if path.startswith(_STATIC):
-            name = path[len(_STATIC):]
-            return "", "StaticFiles", lambda _: _file(page.static_file(name), if_none_match, f"no file {name}")
+        if m := _STATIC.fullmatch(path):
+            name, file = unquote(m.group(1)), m.group(2)
+            return name, "StaticFiles", lambda _: _file(page.static_file(file), if_none_match, f"no file {file}")
         if m := _PAGE.fullmatch(path):
             name, version = unquote(m.group(1)), m.group(2)
             return name, "BrowserPage", lambda _: self._page(name, int(version) if version else None)
@@ -59,8 +60,10 @@ class UiRoutes:
         if not os.path.isfile(os.path.join(tfjs_dir, MODEL_JSON)):
             return Response(page.missing_page(name, version), 404, media_type="text/html", headers=page.ISOLATION)
         self._check_signed(name, version, path)
-        base = f"/ui/models/{quote(name, safe='')}/versions/{version}"
-        content = page.render(model=name, version=version, static_url=_STATIC, model_url=f"{base}/tfjs/{MODEL_JSON}",
+        model = f"/ui/models/{quote(name, safe='')}"
+        base = f"{model}/versions/{version}"
+        content = page.render(model=name, version=version, static_url=f"{model}/static/",
+                              model_url=f"{base}/tfjs/{MODEL_JSON}",
                               predict_url=f"/v1/models/{quote(name, safe='')}/versions/{version}:predict",
                               signature=page.signature_key(tfjs_dir))
         return Response(content, media_type="text/html", headers={**page.ISOLATION, "Cache-Control": "no-cache"})
