@@ -72,7 +72,11 @@ def main(argv: Sequence[str]) -> int:
     print("What TFLite quantization does to this model (sizes, speed, accuracy, verdicts):\n")
     print(f"  tfprod convert {args.base_path}/1 --quantize dynamic,float16,int8 --representative "
           f"{args.base_path}/calibration.npy --eval {args.base_path}/test_x.npy --labels {args.base_path}/test_y.npy "
-          "--report tflite-report\n", flush=True)
+          "--report tflite-report\n")
+    print("The same model in the browser (TF.js on WebAssembly), beside the server's answer, and the parity gate:\n")
+    print(f"  tfprod convert {args.base_path}/1 --to tfjs")
+    print(f"  open http://localhost:{args.rest_api_port}/ui/models/digits/browser   # draw a digit, press Run")
+    print(f"  tfprod parity {args.base_path}/1\n", flush=True)
     if args.no_serve:
         return 0
     from tfprod.cli import main as cli
