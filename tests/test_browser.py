@@ -188,6 +188,39 @@ def test_converting_a_signed_serving_version_neither_disturbs_it_nor_hands_out_u
         assert result["rows"][0]["maxAbsDiff"] < 2e-3  # float16 weights
     finally:
         tab.context.close()
+    # a weight file changed in place after the check (same size, same mtime) is not handed out
+    shard = os.path.join(version, "tfjs", "group1-shard1of1.bin")
+    stat = os.stat(shard)
+    with open(shard, "rb") as f:
+        original = f.read()
+    with open(shard, "r+b") as f:
+        f.write(bytes([original[0] ^ 0xFF]))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    refused = server.client.get("/ui/models/digits/versions/1/tfjs/group1-shard1of1.bin", headers=_key("viewer"))
+    assert refused.status_code == 403 and "not covered by its signature" in refused.json()["error"]
+    with open(shard, "wb") as f:
+        f.write(original)
+
+
+def test_re_signing_refuses_a_version_that_changed_since_it_was_signed(signed: dict[str, Any]) -> None:
+    version = signed["version"]
+    signing.sign(version, signed["key"])
+    before = sorted(os.listdir(version))
+    with open(os.path.join(version, "assets.extra.txt"), "w") as f:
+        f.write("slipped in after signing")
+    try:
+        done = _cli("convert", version, "--to", "tfjs", "--private_key", signed["key"])
+        assert done.returncode == 1 and "does not verify with this key, so it is not re-signed" in done.stderr
+        assert "assets.extra.txt" in done.stderr
+        with pytest.raises(signing.VerificationError):
+            signing.verify(version, [signed["pub"]])  # still refused: nothing was blessed
+    finally:
+        os.remove(os.path.join(version, "assets.extra.txt"))
+    assert sorted(os.listdir(version)) == before
+    unsigned = os.path.join(os.path.dirname(version), "unsigned")
+    shutil.copytree(version, unsigned, ignore=shutil.ignore_patterns("model.sig"))
+    done = _cli("convert", unsigned, "--to", "tfjs", "--private_key", signed["key"])
+    assert done.returncode == 1 and "is not signed" in done.stderr
 
 
 def test_the_page_and_its_files_need_the_read_scope(signed: dict[str, Any], chromium: Any) -> None:

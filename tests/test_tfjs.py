@@ -183,6 +183,17 @@ def test_fusions_tfjs_cannot_run_are_split_back(edge_models: dict[str, str]) -> 
     assert "Tanh" in ops and "DepthwiseConv2dNative" in ops  # the Dense+tanh and depthwise fusions, split
 
 
+def test_constants_that_cannot_be_quantized_stay_float32() -> None:
+    masks = np.array([-np.inf, 0.0, 1.5], np.float32)  # an attention mask
+    for mode in ("uint8", "uint16", "float16"):
+        entry, data = tfjs._weight("mask", masks, mode)
+        assert "quantization" not in entry and np.array_equal(np.frombuffer(data, "<f4"), masks)
+    big = np.array([1e5, -3.0], np.float32)  # beyond float16's 65504
+    entry, _ = tfjs._weight("big", big, "float16")
+    assert "quantization" not in entry
+    assert tfjs._weight("big", big, "uint8")[0]["quantization"]["dtype"] == "uint8"
+
+
 def _refused(path: str, *words: str, signature: str = "") -> None:
     with pytest.raises(tfjs.ConversionError) as e:
         tfjs.convert(path, signature_key=signature)
@@ -226,6 +237,12 @@ def test_convert_cli_writes_tfjs_into_the_version_and_explains_refusals(edge_mod
     assert not os.path.exists(os.path.join(lstm, "tfjs"))
     done = _cli("convert", version, "--to", "tfjs", "--quantize", "int8")
     assert done.returncode == 1 and "none, float16, uint16, uint8" in done.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in (["convert", str(empty), "--to", "tfjs"], ["parity", str(empty)]):
+        done = _cli(*command)
+        assert done.returncode in (1, 2) and "Traceback" not in done.stderr, done.stderr
+        assert "saved_model.pb" in done.stderr or "SavedModel" in done.stderr, done.stderr
 
 
 def test_parity_cli_passes_on_a_good_version_and_fails_on_a_mismatched_tflite(edge_models: dict[str, str],

@@ -225,6 +225,10 @@ def main(argv: Sequence[str]) -> int:
     if problem:
         print(f"tfprod convert: error: {problem}", file=sys.stderr)
         return 1
+    target = args.output or os.path.join(args.saved_model_dir, tfjs.TFJS_DIR if args.to == "tfjs" else TFLITE_FILE)
+    if args.private_key and (problem := _resigning_problem(args.saved_model_dir, target, args.private_key)):
+        print(f"tfprod convert: error: {problem}", file=sys.stderr)
+        return 1
     try:
         if args.to == "tfjs":
             output = tfjs.export(args.saved_model_dir, args.output, modes[0], (args.signature or [""])[0])
@@ -245,6 +249,30 @@ def main(argv: Sequence[str]) -> int:
     _write(output, flatbuffer)
     print(f"wrote {output} ({len(flatbuffer):,} bytes, {modes[0]})")
     return _after_writing(args, output)
+
+
+def _resigning_problem(version_dir: str, output: str, private_key: str) -> str:
+    """Why `version_dir` must not be re-signed with `private_key` once `output` is written: it is
+    not signed, or something other than `output` differs from what the key signed (re-signing
+    would bless it)."""
+    import tempfile
+
+    from tfprod.security import signing
+
+    rel = os.path.relpath(os.path.abspath(output), os.path.abspath(version_dir))
+    if rel.startswith(".."):
+        return f"--private_key re-signs the version, but --output {output} is outside it"
+    if not os.path.isfile(os.path.join(version_dir, signing.SIGNATURE_FILE)):
+        return (f"--private_key re-signs a signed version, and {version_dir} is not signed: sign it first "
+                f"(tfprod sign {version_dir} --private_key KEY), then convert")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            signing.verify(version_dir, [signing.public_key_file(private_key, tmp)], ignore=[rel])
+        except signing.VerificationError as e:
+            return f"{version_dir} does not verify with this key, so it is not re-signed: {e}"
+        except (OSError, ValueError, TypeError) as e:
+            return f"cannot use --private_key {private_key}: {e}"
+    return ""
 
 
 def _after_writing(args: argparse.Namespace, output: str) -> int:

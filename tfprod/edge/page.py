@@ -125,10 +125,9 @@ def render(*, model: str, version: int, static_url: str, model_url: str, predict
               "runtimeUrl": static_url + "tfjs/", "signatureKey": signature}
     text = json.dumps(config).replace("<", "\\u003c")  # inside <script>: no way out of the element
     heading = f"{model} version {version} in the browser"
-    page = (template.replace("{title}", html.escape(f"{heading} - tfprod"))
-            .replace("{heading}", html.escape(heading)).replace("{static}", html.escape(static_url))
-            .replace("{config}", text))
-    return page.encode()
+    values = {"title": html.escape(f"{heading} - tfprod"), "heading": html.escape(heading),
+              "static": html.escape(static_url), "config": text}
+    return re.sub(r"\{(title|heading|static|config)\}", lambda m: values[m.group(1)], template).encode()
 
 
 def missing_page(model: str, version: int) -> bytes:

@@ -36,6 +36,7 @@ import numpy as np
 
 from tfprod.edge import page, tfjs
 from tfprod.edge.convert import ConversionError, convert, representative_rows
+from tfprod.errors import ServingError
 from tfprod.format.saved_model import read_meta_graph, signatures_of
 from tfprod.servables.tflite import TFLITE_FILE
 from tfprod.signature import DEFAULT_SIGNATURE, Signature
@@ -45,7 +46,7 @@ TFLITE_CLASS = {"none": "fp32", "float16": "fp16", "dynamic": "8-bit", "int8": "
 TFJS_CLASS = {"none": "fp32", "float16": "fp16", "uint16": "16-bit", "uint8": "8-bit"}
 RELATIVE = {"fp32": 1e-5, "fp16": 2e-3, "16-bit": 1e-3, "8-bit": 5e-2}
 MIN_TOP1 = 0.995
-DEFAULT_ROWS = 64
+DEFAULT_ROWS = 256  # from 200 rows one disagreeing row passes the 8-bit rule (99.5%); with fewer it fails
 
 
 class ParityError(Exception):
@@ -112,21 +113,31 @@ def _served(path: str, lite: bool) -> Any:
 
 def _run_served(path: str, key: str, x: Mapping[str, np.ndarray], lite: bool) -> dict[str, np.ndarray]:
     """The outputs as the server computes them (TensorFlow's Session callable, or LiteRT)."""
-    servable = _served(path, lite)
+    what = "LiteRT" if lite else "TensorFlow"
+    try:
+        servable = _served(path, lite)
+    except ServingError as e:
+        raise ParityError(f"{what} cannot load the model: {e.message}") from None
     try:
         sig = servable.signature(key)
         return {k: np.asarray(v) for k, v in servable.run(sig, dict(x)).items()}
+    except ServingError as e:
+        raise ParityError(f"{what} refused the inputs: {e.message}") from None
     finally:
         servable.unload()
 
 
 def tflite_precision(flatbuffer: bytes) -> str:
+    """A .tflite file's precision class, from its tensors other than the inputs: quantized (scales)
+    is 8-bit, float16 tensors fp16, else fp32 (a uint8 image input alone makes no model 8-bit)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    dtypes = {np.dtype(t["dtype"]) for t in Interpreter(model_content=flatbuffer).get_tensor_details()}
-    if dtypes & {np.dtype(np.int8), np.dtype(np.uint8)}:
+    interpreter = Interpreter(model_content=flatbuffer)
+    inputs = {d["index"] for d in interpreter.get_input_details()}
+    tensors = [t for t in interpreter.get_tensor_details() if t["index"] not in inputs]
+    if any(t["quantization_parameters"]["scales"].size for t in tensors):
         return "8-bit"
-    return "fp16" if np.dtype(np.float16) in dtypes else "fp32"
+    return "fp16" if any(np.dtype(t["dtype"]) == np.float16 for t in tensors) else "fp32"
 
 
 def tfjs_engine() -> str | None:
@@ -202,18 +213,23 @@ class BrowserRunner:
         self._playwright: Any = None
 
     def __enter__(self) -> BrowserRunner:
+        if self._own:
+            try:
+                from playwright.sync_api import sync_playwright
+            except ImportError:
+                raise ParityError("TF.js in Chromium needs Playwright: pip install tfprod[browser] (or "
+                                  "--tfjs_engine node)") from None
         self._site = _Site(("127.0.0.1", 0), _Handler)
         threading.Thread(target=self._site.serve_forever, daemon=True).start()
         if self._own:
-            from playwright.sync_api import sync_playwright
-
             self._playwright = sync_playwright().start()
             try:
                 self._browser = self._playwright.chromium.launch(executable_path=chromium_path(),
                                                                  args=["--no-sandbox"])
-            except Exception:
+            except Exception as e:  # no browser there, or one that does not start
                 self.__exit__()
-                raise
+                raise ParityError(f"Chromium did not start ({str(e).splitlines()[0][:300]}): install it, "
+                                  "set TFPROD_CHROMIUM to its path, or use --tfjs_engine node") from None
         return self
 
     def __exit__(self, *_: Any) -> None:
@@ -263,9 +279,14 @@ class NodeRunner:
 
     def run(self, tfjs_dir: str, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         script = os.path.join(page.WEB_DIR, "run_node.js")
-        done = subprocess.run(["node", script, tfjs.RUNTIME_DIR, tfjs_dir],
-                              input=json.dumps({"inputs": _js_inputs(x)}), capture_output=True, text=True,
-                              timeout=self._timeout_s)
+        try:
+            done = subprocess.run(["node", script, tfjs.RUNTIME_DIR, tfjs_dir],
+                                  input=json.dumps({"inputs": _js_inputs(x)}), capture_output=True, text=True,
+                                  timeout=self._timeout_s)
+        except subprocess.TimeoutExpired:
+            raise ParityError(f"TF.js in Node did not answer within {self._timeout_s:.0f} s") from None
+        except OSError as e:
+            raise ParityError(f"cannot run Node: {e}") from None
         try:
             answer = json.loads(done.stdout)
         except ValueError:
@@ -363,14 +384,19 @@ class _Dir:
 
 def _tfjs_dirs(version_dir: str, key: str, modes: Sequence[str]) -> Iterator[tuple[str, _Dir]]:
     own = os.path.join(version_dir, tfjs.TFJS_DIR)
-    if not modes and os.path.isfile(os.path.join(own, tfjs.MODEL_JSON)):
+    if not modes and os.path.isfile(os.path.join(own, tfjs.MODEL_JSON)) and page.signature_key(own) == key:
         yield tfjs.TFJS_DIR + "/", _Dir(own, temporary=False)
         return
     for mode in modes or ["none"]:
         if mode not in TFJS_CLASS:
             continue
-        out = os.path.join(tempfile.mkdtemp(prefix="tfprod-parity-"), "tfjs")
-        yield mode, _Dir(tfjs.export(version_dir, out, mode, key), temporary=True)
+        scratch = tempfile.mkdtemp(prefix="tfprod-parity-")
+        try:
+            out = tfjs.export(version_dir, os.path.join(scratch, "tfjs"), mode, key)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        yield mode, _Dir(out, temporary=True)
 
 
 def plot(results: Sequence[Result], path: str) -> None:
@@ -433,9 +459,10 @@ def main(argv: Sequence[str]) -> int:
         runtimes.remove("tfjs")
     try:
         signatures = signatures_of(read_meta_graph(args.version_dir, frozenset({"serve"})))
-        key = args.signature or (DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in signatures else next(iter(signatures)))
+        usable = sorted(k for k in signatures if not k.startswith("__"))
+        key = args.signature or (DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in usable else usable[0] if usable else "")
         if key not in signatures:
-            raise ParityError(f"no signature {key!r} in {args.version_dir} (it has {sorted(signatures)})")
+            raise ParityError(f"no signature {key!r} in {args.version_dir} (it has {usable})")
         sig = signatures[key]
         if args.inputs:
             rows = representative_rows(args.inputs, sig, limit=100_000)
@@ -447,6 +474,9 @@ def main(argv: Sequence[str]) -> int:
                            lambda what: status.update(f"running {what}"))
     except (ParityError, ConversionError, tfjs.ConversionError, OSError) as e:
         print(f"tfprod parity: error: {e}", file=sys.stderr)
+        return 2
+    except ServingError as e:  # the version's files: no 'serve' meta graph, a corrupt saved_model.pb
+        print(f"tfprod parity: error: {args.version_dir}: {e.message}", file=sys.stderr)
         return 2
     _table(results, len(next(iter(x.values()))))
     if results:

@@ -85,6 +85,7 @@ def export(version_dir: str, output: str | None = None, mode: str = "none", sign
     output = output or os.path.join(version_dir, TFJS_DIR)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
+    _remove_stale_staging(parent)
     staging = tempfile.mkdtemp(prefix=".tfjs-", dir=parent)
     try:
         for name, data in shards.items():
@@ -106,6 +107,17 @@ def export(version_dir: str, output: str | None = None, mode: str = "none", sign
     return output
 
 
+def _remove_stale_staging(parent: str, age_s: float = 600.0) -> None:
+    """A conversion killed halfway leaves its `.tfjs-*` folder in the version (and a signed version
+    then no longer verifies): remove those older than `age_s`."""
+    import time
+
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if name.startswith(".tfjs-") and os.path.isdir(path) and time.time() - os.path.getmtime(path) > age_s:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def convert(version_dir: str, mode: str = "none", signature_key: str = "") -> tuple[dict[str, Any], dict[str, bytes]]:
     """(model.json as a dict, {shard file name: bytes})."""
     if mode not in MODES:
@@ -114,10 +126,13 @@ def convert(version_dir: str, mode: str = "none", signature_key: str = "") -> tu
     from google.protobuf import json_format
     from tensorflow.core.protobuf import meta_graph_pb2
 
+    try:
+        audit = read_metadata(version_dir)
+    except ValueError as e:  # a malformed JSON file
+        raise ConversionError(f"the audit metadata of {version_dir} cannot be read: {e}") from None
     graph_def, inputs, outputs, key = _frozen(version_dir, signature_key)
-    optimized = _optimize(graph_def, inputs, outputs, remap=True)
-    optimized = _unfuse(optimized)
-    if _private_ops(optimized):  # a fusion we cannot split (oneDNN's GELU, layer norm...): none at all then
+    optimized, left = _unfuse(_optimize(graph_def, inputs, outputs, remap=True))
+    if left or _private_ops(optimized):  # a fusion we cannot split (oneDNN's GELU...): no fusions at all then
         optimized = _optimize(graph_def, inputs, outputs, remap=False)
     check_ops(optimized)
     weights, shard_bytes = _extract_weights(optimized, mode)
@@ -135,7 +150,7 @@ def convert(version_dir: str, mode: str = "none", signature_key: str = "") -> tu
         "generatedBy": tf.__version__,
         "convertedBy": f"tfprod {tfprod.__version__}",
         "signature": json_format.MessageToDict(signature),
-        "userDefinedMetadata": {"signatureKey": key, "quantization": mode, "audit": read_metadata(version_dir)},
+        "userDefinedMetadata": {"signatureKey": key, "quantization": mode, "audit": audit},
         "modelTopology": json_format.MessageToDict(optimized),
         "weightsManifest": [{"paths": list(shards), "weights": weights}],
     }
@@ -152,7 +167,7 @@ def _frozen(version_dir: str, key: str) -> tuple[Any, dict[str, Any], dict[str, 
 
     try:
         meta_graph = read_meta_graph(version_dir, frozenset({"serve"}))
-    except (OSError, ValueError) as e:
+    except Exception as e:  # a missing or corrupt saved_model.pb, no 'serve' meta graph: all say the same
         raise ConversionError(f"cannot read {version_dir} as a SavedModel: {str(e)[:300]}") from None
     keys = sorted(k for k in signatures_of(meta_graph) if not k.startswith("__"))
     key = key or (DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in keys else (keys[0] if len(keys) == 1 else ""))
@@ -239,12 +254,14 @@ def _private_ops(graph_def: Any) -> set[str]:
     return {n.op for n in graph_def.node if n.op.startswith("_") and n.op not in supported_ops()}
 
 
-def _unfuse(graph_def: Any) -> Any:
+def _unfuse(graph_def: Any) -> tuple[Any, list[str]]:
     """Split the fused nodes TF.js cannot run back into their ops (the last takes the fused node's
-    name, so its consumers stay wired). Fusions with ops we do not know are left for the caller."""
+    name, so its consumers stay wired). Returns the graph and the fused nodes TF.js cannot run that
+    could not be split (fusions of ops we do not know), for the caller to avoid."""
     from tensorflow.core.framework import graph_pb2
 
     consts = {n.name for n in graph_def.node if n.op == "Const"}
+    left: list[str] = []
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
@@ -260,9 +277,11 @@ def _unfuse(graph_def: Any) -> Any:
         split = None if runs_as_is else _split(node, fused, args)
         if split is None:
             out.node.add().CopyFrom(node)
+            if not runs_as_is:
+                left.append(node.name)
         else:
             out.node.extend(split)
-    return out
+    return out, left
 
 
 def _split(node: Any, fused: list[str], args: list[str]) -> list[Any] | None:
@@ -377,8 +396,9 @@ def _weight(name: str, value: np.ndarray, mode: str) -> tuple[dict[str, Any], by
     if entry["dtype"] == "bool":
         return entry, value.astype(np.uint8).tobytes()
     floats = value.astype("<f4")
-    if mode == "none" or not floats.size:
-        return entry, floats.tobytes()
+    if mode == "none" or not floats.size or not np.isfinite(floats).all() or (
+            mode == "float16" and float(np.abs(floats).max()) > float(np.finfo(np.float16).max)):
+        return entry, floats.tobytes()  # infinities (masks), NaN, or beyond float16: kept in float32
     if mode == "float16":
         entry["quantization"] = {"dtype": "float16", "original_dtype": "float32"}
         return entry, floats.astype("<f2").tobytes()

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 SIGNATURE_FILE = "model.sig"
 
 
-def _hashing(model_dir: str, signature: str) -> object:
+def _hashing(model_dir: str, signature: str, ignore: Sequence[str] = ()) -> object:
     from model_signing import hashing
 
-    ignored = []
+    ignored = [pathlib.Path(p) for p in ignore]
     rel = os.path.relpath(os.path.abspath(signature), os.path.abspath(model_dir))
     if not rel.startswith(".."):
         ignored.append(pathlib.Path(rel))
@@ -41,9 +41,23 @@ class VerificationError(Exception):
     pass
 
 
-def verify(model_dir: str, public_keys: Sequence[str], *, signature: str = "") -> str:
+def public_key_file(private_key: str, directory: str, password: str | None = None) -> str:
+    """Write the public half of the PEM private key `private_key` into `directory`; its path."""
+    from cryptography.hazmat.primitives import serialization
+
+    with open(private_key, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password.encode() if password else None)
+    path = os.path.join(directory, "signer.pub")
+    with open(path, "wb") as f:
+        f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def verify(model_dir: str, public_keys: Sequence[str], *, signature: str = "", ignore: Sequence[str] = ()) -> str:
     """Return the key that verifies `model_dir`'s signature, or raise VerificationError saying
-    why none does (missing signature, files changed/added/removed, untrusted key)."""
+    why none does (missing signature, files changed/added/removed, untrusted key). `ignore`:
+    paths relative to `model_dir` left out of the check (a file about to be replaced)."""
     from model_signing import verifying
 
     signature = signature or os.path.join(model_dir, SIGNATURE_FILE)
@@ -54,7 +68,8 @@ def verify(model_dir: str, public_keys: Sequence[str], *, signature: str = "") -
     for key in public_keys:
         config = verifying.Config().use_elliptic_key_verifier(public_key=key)
         try:
-            config.set_hashing_config(_hashing(model_dir, signature)).verify(model_dir, signature)  # type: ignore[arg-type]
+            config.set_hashing_config(_hashing(model_dir, signature, ignore)).verify(  # type: ignore[arg-type]
+                model_dir, signature)
         except Exception as e:  # model-signing raises ValueError and crypto errors alike
             reasons.append(_reason(e))
             continue

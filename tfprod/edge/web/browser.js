@@ -60,8 +60,8 @@
     if (!response.ok) throw new Error(`the server answered ${response.status}: ${doc.error || ""}`);
     const aliases = Object.keys(page.model.signature.outputs || {}).sort();
     const outputs = {};
-    const named = aliases.length === 1 && !(doc.outputs && !Array.isArray(doc.outputs) && aliases[0] in doc.outputs)
-      ? {[aliases[0]]: doc.outputs} : doc.outputs;
+    // TF Serving's columnar answer: one output is the bare value, several are keyed by alias
+    const named = aliases.length === 1 ? {[aliases[0]]: doc.outputs} : doc.outputs;
     for (const alias of aliases) outputs[alias] = {data: flat(named[alias])};
     return outputs;
   }
