@@ -1,0 +1,53 @@
+"""ExampleGen: input files (CSV, Parquet, TFRecord of tf.Examples) to train/eval splits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tfprod.pipeline import examples as ex
+from tfprod.pipeline.dsl import Component, PipelineError, RunContext
+
+
+class ExampleGen(Component):
+    """`ExampleGen(input_base="data", pattern="span-{SPAN}.csv", splits={"train": 8, "eval": 2},
+    split_key="", span=None, output_format="parquet")`. The latest span unless `span` names one;
+    the data fingerprint (sha256 of the span's files) and the span go into the artifact's
+    properties, and through them into the audit metadata of the model trained on it."""
+
+    OUTPUTS = {"examples": "Examples"}
+
+    def __init__(self, *, input_base: str, pattern: str = "*.csv", splits: dict[str, int] | None = None,
+                 split_key: str = "", span: int | None = None, output_format: str = "parquet", **kw: Any) -> None:
+        if output_format not in ex.FORMATS:
+            raise ValueError(f"output_format must be one of {ex.FORMATS}")
+        super().__init__(input_base=input_base, pattern=pattern, splits=splits or {"train": 8, "eval": 2},
+                         split_key=split_key, span=span, output_format=output_format, **kw)
+
+    def _files(self) -> tuple[int, list[str]]:
+        p = self.params
+        found = ex.spans(p["input_base"], p["pattern"])
+        if not found:
+            raise PipelineError(f"no input files match {p['pattern']!r} under {p['input_base']}")
+        span = p["span"] if p["span"] is not None else max(found)
+        if span not in found:
+            raise PipelineError(f"span {span} not found under {p['input_base']} (spans: {sorted(found)})")
+        return span, found[span]
+
+    def describe_params(self) -> dict[str, Any]:
+        # the input files' content is part of the cache key: new data in the same span re-runs the step
+        span, files = self._files()
+        return {**super().describe_params(), "resolved_span": span, "fingerprint": ex.fingerprint(files)}
+
+    def run(self, ctx: RunContext) -> None:
+        p = self.params
+        span, files = self._files()
+        ctx.progress(f"reading span {span}: {len(files)} file(s)")
+        table = ex.read_files(files)
+        if table.num_rows == 0:
+            raise PipelineError(f"span {span} has no rows ({', '.join(files)})")
+        parts = ex.split_rows(table, p["splits"], p["split_key"])
+        out = ctx.output("examples", span=span, fingerprint=ex.fingerprint(files), files=files,
+                         splits=list(parts), format=p["output_format"], columns=table.schema.names,
+                         rows={k: t.num_rows for k, t in parts.items()})
+        for name, part in parts.items():
+            ex.write_split(out.uri, name, part, p["output_format"])

@@ -1,0 +1,162 @@
+"""Examples on disk: reading CSV, Parquet and TFRecord (tf.Example) files into Arrow tables, and
+the Examples artifact's layout (`Split-<name>/data.parquet` or `Split-<name>/data.tfrecord`)."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from tfprod.pipeline.dsl import PipelineError
+
+FORMATS = ("parquet", "tfrecord")
+
+
+def spans(input_base: str, pattern: str) -> dict[int, list[str]]:
+    """{span: files} for a `pattern` relative to `input_base` with a `{SPAN}` part (digits); a
+    pattern without it is span 0."""
+    if "{SPAN}" not in pattern:
+        files = sorted(glob.glob(os.path.join(input_base, pattern)))
+        return {0: files} if files else {}
+    regex = re.compile(re.escape(os.path.join(input_base, pattern)).replace(re.escape("{SPAN}"), r"(\d+)")
+                       .replace(r"\*", r"[^/]*"))
+    found: dict[int, list[str]] = {}
+    for path in sorted(glob.glob(os.path.join(input_base, pattern.replace("{SPAN}", "*")))):
+        m = regex.fullmatch(path)
+        if m:
+            found.setdefault(int(m.group(1)), []).append(path)
+    return found
+
+
+def fingerprint(files: Sequence[str]) -> str:
+    """sha256 over the files' names (relative to their common folder) and contents."""
+    digest = hashlib.sha256()
+    base = os.path.commonpath([os.path.abspath(f) for f in files]) if len(files) > 1 else os.path.dirname(
+        os.path.abspath(files[0]))
+    for path in sorted(files):
+        digest.update(os.path.relpath(os.path.abspath(path), base).encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_files(files: Sequence[str]) -> pa.Table:
+    tables = []
+    for path in files:
+        lower = path.lower()
+        try:
+            if lower.endswith(".csv"):
+                tables.append(pacsv.read_csv(path))
+            elif lower.endswith(".parquet"):
+                tables.append(pq.read_table(path))
+            elif lower.endswith((".tfrecord", ".tfrecords", ".tfrecord.gz")):
+                tables.append(read_tfrecord(path))
+            else:
+                raise PipelineError(f"{path}: input files must be .csv, .parquet or .tfrecord")
+        except (pa.ArrowInvalid, OSError, ValueError) as e:
+            raise PipelineError(f"cannot read {path}: {str(e).splitlines()[0][:300]}") from None
+    if not tables:
+        raise PipelineError("no input files")
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowInvalid as e:
+        raise PipelineError(f"the input files have different columns or types: {e}") from None
+
+
+def read_tfrecord(path: str) -> pa.Table:
+    """tf.Examples with one value per feature (missing features are nulls)."""
+    import tensorflow as tf
+
+    columns: dict[str, list[object]] = {}
+    kinds: dict[str, str] = {}
+    count = 0
+    compression = "GZIP" if path.endswith(".gz") else ""
+    try:
+        for record in tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator():
+            example = tf.train.Example.FromString(record)
+            for name, feature in example.features.feature.items():
+                kind = feature.WhichOneof("kind")
+                values = list(getattr(feature, kind).value) if kind else []
+                if len(values) > 1:
+                    raise ValueError(f"feature '{name}' has {len(values)} values in example {count}: only "
+                                     "single-valued features are supported")
+                kinds.setdefault(name, kind or "")
+                columns.setdefault(name, [None] * count).append(
+                    (values[0].decode("utf-8", "replace") if kind == "bytes_list" else values[0]) if values else None)
+            count += 1
+            for values in columns.values():
+                if len(values) < count:
+                    values.append(None)
+    except tf.errors.OpError as e:
+        raise ValueError(f"not a TFRecord file of tf.Examples ({e.message})") from None
+    types = {"float_list": pa.float32(), "int64_list": pa.int64(), "bytes_list": pa.string(), "": pa.string()}
+    return pa.table({n: pa.array(v, type=types[kinds[n]]) for n, v in sorted(columns.items())})
+
+
+def split_rows(table: pa.Table, ratios: Mapping[str, int], key: str = "") -> dict[str, pa.Table]:
+    """Deterministic hash split: each row goes to a split by crc32 of its `key` column (or of the
+    whole row) modulo the sum of `ratios`, so a row lands in the same split in every run."""
+    total = sum(ratios.values())
+    if total <= 0 or any(v < 0 for v in ratios.values()):
+        raise PipelineError(f"split ratios must be positive: {dict(ratios)}")
+    columns = [key] if key else table.schema.names
+    if key and key not in table.schema.names:
+        raise PipelineError(f"split key '{key}' is not a column ({table.schema.names})")
+    text = [c.cast(pa.string()).fill_null("\x00") for c in (table.column(n) for n in columns)]
+    joined = pc.binary_join_element_wise(*text, "\x1f") if len(text) > 1 else text[0]
+    buckets = np.fromiter((zlib.crc32(s.encode()) % total for s in joined.to_pylist()), np.int64, table.num_rows)
+    out, start = {}, 0
+    for name, share in ratios.items():
+        mask = (buckets >= start) & (buckets < start + share)
+        out[name] = table.filter(pa.array(mask))
+        start += share
+    return out
+
+
+def write_split(uri: str, split: str, table: pa.Table, fmt: str) -> None:
+    folder = os.path.join(uri, f"Split-{split}")
+    os.makedirs(folder, exist_ok=True)
+    if fmt == "parquet":
+        pq.write_table(table, os.path.join(folder, "data.parquet"))
+    else:
+        write_tfrecord(os.path.join(folder, "data.tfrecord"), table)
+
+
+def write_tfrecord(path: str, table: pa.Table) -> None:
+    import tensorflow as tf
+
+    columns = {n: table.column(n).to_pylist() for n in table.schema.names}
+    kinds = {n: ("float" if pa.types.is_floating(t) else "int" if pa.types.is_integer(t) or pa.types.is_boolean(t)
+                 else "bytes") for n, t in zip(table.schema.names, table.schema.types, strict=True)}
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(table.num_rows):
+            feature = {}
+            for n, values in columns.items():
+                v = values[i]
+                if v is None:
+                    continue
+                if kinds[n] == "float":
+                    feature[n] = tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
+                elif kinds[n] == "int":
+                    feature[n] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+                else:
+                    feature[n] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(v).encode()]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def read_split(uri: str, split: str) -> pa.Table:
+    folder = os.path.join(uri, f"Split-{split}")
+    files = sorted(glob.glob(os.path.join(folder, "data.*")))
+    if not files:
+        raise PipelineError(f"the examples at {uri} have no split '{split}'")
+    return read_files(files)
