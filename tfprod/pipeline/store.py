@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -135,7 +136,14 @@ class MetadataStore:
         self._engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if sqlite else {})
         if sqlite:
             event.listen(self._engine, "connect", _sqlite_pragmas)
-        _Base.metadata.create_all(self._engine)
+        for attempt in range(10):  # several processes creating a new store race on CREATE TABLE: the loser retries
+            try:
+                _Base.metadata.create_all(self._engine)
+                break
+            except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
+                if attempt == 9:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def close(self) -> None:
         self._engine.dispose()
