@@ -138,6 +138,7 @@ class RunContext:
     run_id: str
     staging: str
     progress: Callable[[str], None] = lambda _: None
+    pipeline_name: str = ""
     outputs: dict[str, Artifact] = dataclasses.field(default_factory=dict)
     stop_reason: str = ""
 

@@ -102,7 +102,7 @@ def _run(pipeline: Pipeline, store: MetadataStore, use_cache: bool, say: Callabl
         staging = os.path.join(pipeline.root, ".staging", str(execution))
         os.makedirs(staging, exist_ok=True)
         ctx = RunContext(component, inputs, store, pipeline_ctx, run_id, staging,
-                         functools.partial(say, component.id))
+                         functools.partial(say, component.id), pipeline.name)
         say(component.id, "running")
         try:
             component.run(ctx)
