@@ -269,7 +269,7 @@ _LAZY = {
     "demo": ("tfprod.demo", "main"), "inspect": ("tfprod.export.inspect", "main"),
     "migrate": ("tfprod.export.migrate", "main"), "warmup": ("tfprod.export.warmup", "main"),
     "convert": ("tfprod.edge.convert", "main"), "parity": ("tfprod.edge.parity", "main"),
-    "pipeline": ("tfprod.pipeline.cli", "main"),
+    "pipeline": ("tfprod.pipeline.cli", "main"), "lineage": ("tfprod.pipeline.lineage", "main"),
     "sign": ("tfprod.security.tools", "sign"), "verify": ("tfprod.security.tools", "verify"),
     "apikey": ("tfprod.security.tools", "apikey"),
 }
@@ -289,7 +289,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"serve": _serve, **{c: _l
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: tfprod {serve,demo,inspect,migrate,warmup,convert,parity,pipeline,sign,verify,apikey} [flags]\n\n"
+        print("usage: tfprod {serve,demo,inspect,migrate,warmup,convert,parity,pipeline,lineage,sign,verify,apikey} "
+              "[flags]\n\n"
               "  serve   serve SavedModels with TF Serving's flags, REST API and config files\n"
               "  demo    train a digits classifier, export it under ./models/digits and serve it\n"
               "  inspect show a SavedModel's signatures, audit metadata and files (--json for machines)\n"
@@ -298,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  convert convert a SavedModel version to TFLite or TF.js\n"
               "  parity  compare a version's answers in TensorFlow, LiteRT and TF.js (exit 1 when off)\n"
               "  pipeline run a training pipeline (examples, statistics, validation...) with lineage\n"
+              "  lineage show where a served version came from: data, validation, training, blessing, push\n"
               "  sign    sign a version directory (OpenSSF model-signing format, EC key)\n"
               "  verify  check a version directory's signature against public keys\n"
               "  apikey  make an API key and print its hashed entry for the security config\n\n"

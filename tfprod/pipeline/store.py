@@ -241,6 +241,13 @@ class MetadataStore:
                            .order_by(ExecutionRow.id).limit(1))
             return None if row is None else _execution(row)
 
+    def consumers(self, artifact: int) -> list[Execution]:
+        """The executions that read `artifact`, oldest first."""
+        with self._session() as s:
+            rows = s.scalars(sa.select(ExecutionRow).join(EventRow, EventRow.execution_id == ExecutionRow.id)
+                             .where(EventRow.artifact_id == artifact, EventRow.kind == INPUT).order_by(ExecutionRow.id))
+            return [_execution(r) for r in rows]
+
     def artifacts(self, type: str, context: int | None = None, where: dict[str, Any] | None = None) -> list[Artifact]:
         """Artifacts of `type` (in `context`), newest first, whose properties include `where`."""
         with self._session() as s:

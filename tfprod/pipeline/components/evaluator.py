@@ -26,8 +26,9 @@ class Evaluator(Component):
 
     `examples` are the raw examples (their eval split goes through the serving signature, as
     clients' requests would). A model is blessed when every value threshold holds overall and, if
-    a blessed model exists, every change threshold holds against it on the same rows. With no
-    blessed model yet, change thresholds are not applied (and the evaluation says so)."""
+    the pipeline has pushed a model before (the baseline), every change threshold holds against it
+    on the same rows. With no baseline yet, change thresholds are not applied (and the evaluation
+    says so)."""
 
     INPUTS = ("examples", "model")
     OUTPUTS = {"evaluation": "ModelEvaluation", "blessing": "ModelBlessing"}
@@ -98,9 +99,11 @@ class Evaluator(Component):
 
     @staticmethod
     def _baseline(ctx: RunContext, model: Artifact) -> Artifact | None:
-        for blessing in ctx.previous("ModelBlessing", {"blessed": True}):
-            if blessing.properties.get("model_id") not in (None, model.id):
-                return ctx.store.artifact(blessing.properties["model_id"])
+        """The model of this pipeline's latest push: blessed, validated and serving (a model blessed
+        but stopped later, by infra validation, never becomes the baseline)."""
+        for pushed in ctx.previous("PushedModel"):
+            if pushed.properties.get("model_id") not in (None, model.id):
+                return ctx.store.artifact(pushed.properties["model_id"])
         return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import getpass
+import hashlib
 import json
 import os
 import shutil
@@ -54,15 +55,19 @@ class Pusher(Component):
                                  "infra_blessing_artifact": infra.id, "model_artifact": model.id}
             with open(path, "w") as f:
                 json.dump(audit, f, indent=2, sort_keys=True)
+            signer = ""
             if self.params["private_key"]:
                 from tfprod.security import signing
 
                 signing.sign(target, self.params["private_key"])
+                with tempfile.TemporaryDirectory() as tmp, open(signing.public_key_file(
+                        self.params["private_key"], tmp), "rb") as f:
+                    signer = "sha256:" + hashlib.sha256(f.read()).hexdigest()
             version = self._rename_in(base, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         ctx.output("pushed_model", version=version, path=os.path.join(base, str(version)), pushed_at=pushed_at,
-                   pushed_by=who, signed=bool(self.params["private_key"]), model_id=model.id)
+                   pushed_by=who, signed=bool(self.params["private_key"]), signer_key=signer, model_id=model.id)
         ctx.progress(f"pushed version {version} to {base}")
 
     @staticmethod
