@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench protos clean
+.PHONY: install demo pipeline-demo test lint bench protos clean
 
 install: $(VENV)/.installed
 
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/tfprod demo
+
+pipeline-demo: install  # the credit pipeline: push v1, stop a drifted span, bless and push v2 to a running server
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python examples/credit/demo.py --workdir credit-demo
 
 test: install  # the browser tests drive Debian's Chromium (Playwright's own download needs the internet); Node: parity's fallback
 	(command -v chromium && command -v node) >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium nodejs) || \
