@@ -394,6 +394,11 @@ class RestApi:
         metadata: dict[str, Any] = {"signature_def": _to_dict(messages.signature_def_map(meta_graph))}
         if audit is not None:  # a key TF Serving clients do not read: they are unaffected
             metadata["audit"] = audit
+            pipeline = audit.get("pipeline")
+            if isinstance(pipeline, dict) and pipeline.get("run_id"):  # pushed by a tfprod pipeline: its lineage
+                _, path = self._service.version_dir(ModelSpec(spec.name, version))
+                metadata["lineage"] = {"run_id": pipeline["run_id"], "metadata_url": pipeline.get("metadata_url"),
+                                       "command": f"tfprod lineage {path}"}
         return json_tensor.dumps({"model_spec": _to_dict(messages.model_spec(spec.name, version)),
                                   "metadata": metadata})
 
