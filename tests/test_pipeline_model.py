@@ -86,6 +86,14 @@ def test_spans_push_v1_stop_the_drift_and_bless_v2_against_v1(credit: dict[str, 
     assert evaluation.properties["baseline_model"] == first.output("Trainer", "model").id
     server.wait_until(lambda: 2 in _served(server), 60, "version 2 served without a restart")
 
+    with open(third.report) as f:
+        report = f.read()
+    assert "## Evaluation" in report and "Blessed: **True**" in report and "region=east" in report
+    folder = os.path.dirname(third.report)
+    for png in ("features.png", "evaluation.png"):
+        with open(os.path.join(folder, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "Against span 1" in report
     cached = runner.run(_pipeline(credit, "3"))
     assert {s.state for s in cached.steps} == {"CACHED"} and sorted(os.listdir(credit["serving"])) == ["1", "2"]
 

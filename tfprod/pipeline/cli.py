@@ -77,6 +77,8 @@ def main(argv: Sequence[str]) -> int:
         return 1
     if result.stopped:
         console.print(f"[yellow]run {result.run_id} stopped[/yellow] by {result.stopped}", highlight=False)
+        console.print(f"report: {result.report}", highlight=False)
         return 1
-    console.print(f"[green]run {result.run_id} complete[/green] ({len(result.steps)} components)", highlight=False)
+    console.print(f"[green]run {result.run_id} complete[/green] ({len(result.steps)} components); report: "
+                  f"{result.report}", highlight=False)
     return 0

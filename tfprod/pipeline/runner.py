@@ -38,6 +38,7 @@ class RunResult:
     run_id: str
     steps: list[StepResult]
     stopped: str = ""  # why the run stopped early ("" when it ran to the end)
+    report: str = ""  # the run's report.md
 
     def output(self, component: str, key: str) -> Artifact:
         return next(s.outputs[key] for s in self.steps if s.component == component)
@@ -60,7 +61,11 @@ def run(pipeline: Pipeline, *, use_cache: bool = True, progress: Callable[[str, 
     os.makedirs(pipeline.root, exist_ok=True)
     store = MetadataStore(pipeline.store_url())
     try:
-        return _run(pipeline, store, use_cache, say)
+        result = _run(pipeline, store, use_cache, say)
+        from tfprod.pipeline import report
+
+        result.report = report.write(result, pipeline.root, store)
+        return result
     finally:
         store.close()
 
