@@ -84,6 +84,18 @@ def test_statistics_match_numpy_and_do_not_depend_on_the_batching() -> None:
         assert a == b
 
 
+def test_statistics_take_awkward_columns() -> None:
+    table = pa.table({"ids": pa.array([2**62, 2**62 + 1, 5], pa.int64()), "x": pa.array([1.0, np.inf, -np.inf]),
+                      "empty": pa.nulls(3)})
+    ds = stats.compute(table)
+    ids = _feature(ds, "ids").num_stats
+    assert ids.max == float(2**62 + 1) and ids.min == 5.0
+    x = _feature(ds, "x").num_stats
+    assert x.mean == 1.0 and x.histograms[0].num_nan == 2  # infinities counted, not averaged
+    empty = _feature(ds, "empty").string_stats.common_stats
+    assert empty.num_missing == 3 and empty.num_non_missing == 0
+
+
 def _hist(*buckets: tuple[float, float, float]) -> statistics_pb2.Histogram:
     h = statistics_pb2.Histogram(type=statistics_pb2.Histogram.STANDARD)
     for low, high, count in buckets:
@@ -109,6 +121,9 @@ def test_drift_measures_follow_their_formulas_on_hand_made_histograms() -> None:
             f.string_stats.rank_histogram.buckets.add(label=label, sample_count=c)
         return f
     assert validate.l_infinity(strings(x=3, y=1), strings(x=1, z=1)) == 0.5  # z: 0 against 1/2
+    # two constant columns: zero-width buckets at different values are different distributions
+    assert js(_hist((5, 5, 10)), _hist((1000, 1000, 10))) == 1.0
+    assert js(_hist((5, 5, 10)), _hist((5, 5, 3))) == 0.0
 
 
 def test_schema_inference_and_the_anomalies_tfdv_reports() -> None:
@@ -166,6 +181,9 @@ def test_examplegen_reads_csv_parquet_and_tfrecord_alike_and_splits_deterministi
     again = ex.split_rows(read["parquet"], {"train": 8, "eval": 2}, key="id")
     assert parts["train"].column("id").to_pylist() == again["train"].column("id").to_pylist()
     assert 740 < parts["train"].num_rows < 860 and parts["train"].num_rows + parts["eval"].num_rows == 1000
+    blank = tmp_path / "in" / "blank.csv"
+    blank.write_text("c,v\na,1\n,2\n")
+    assert ex.read_files([str(blank)]).column("c").null_count == 1  # an empty cell is missing, not ""
     bad = tmp_path / "in" / "broken.parquet"
     bad.write_bytes(b"PAR1 not really")
     with pytest.raises(PipelineError, match="cannot read .*broken.parquet"):
@@ -295,5 +313,19 @@ def test_pipeline_cli_exit_codes_and_messages(tmp_path: Any) -> None:
     done = cli("run", str(script), "--set", "span=2")
     assert done.returncode == 1 and "stopped by ExampleValidator" in done.stderr and "Traceback" not in done.stderr
     assert "Jensen-Shannon divergence" in done.stderr
+    custom = tmp_path / "custom.py"
+    custom.write_text(textwrap.dedent(f"""
+        import os
+        from tfprod.pipeline import Component, Pipeline
+        class Hello(Component):
+            OUTPUTS = {{"note": "Note"}}
+            def run(self, ctx):
+                with open(os.path.join(ctx.output("note").uri, "hello.txt"), "w") as f:
+                    f.write("hi")
+        pipeline = Pipeline("custom", root={str(tmp_path / 'custom-root')!r}, components=[Hello()])
+    """))
+    done = cli("run", str(custom))
+    assert done.returncode == 0 and "complete" in done.stderr, done.stderr
+    assert "cached" in cli("run", str(custom)).stderr
     done = cli("run", str(tmp_path / "nope.py"))
     assert done.returncode == 2 and "is not a file" in done.stderr

@@ -64,6 +64,8 @@ def test_spans_push_v1_stop_the_drift_and_bless_v2_against_v1(credit: dict[str, 
     server = credit["server"]
     first = runner.run(_pipeline(credit, "1"))
     assert not first.stopped and first.output("Pusher", "pushed_model").properties["version"] == 1
+    with open(os.path.join(first.output("Evaluator", "evaluation").uri, "evaluation.json")) as f:
+        assert json.load(f)["change_thresholds_applied"] is False  # no baseline yet: said, not hidden
     server.wait_until(lambda: _served(server) == [1], 60, "version 1 served")
     # the served model applies the training-time transformation to raw features
     row = ex.read_split(first.output("ExampleGen", "examples").uri, "eval").slice(0, 3)
@@ -180,6 +182,17 @@ def test_pusher_refuses_unblessed_models_and_never_overwrites(credit: dict[str, 
         assert ctx.outputs["pushed_model"].properties["version"] == 4  # after the highest, never into a gap
         assert (base / "1" / "keep.txt").read_text() == "an existing version"
         assert os.path.isfile(base / "4" / "saved_model.pb") and not [d for d in os.listdir(base) if d.startswith(".")]
+        from pki import key_pairs
+
+        from tfprod.security import signing
+        keys = key_pairs(tmp_path, "release")
+        signed = _bare_pusher(str(base))
+        signed.params["private_key"] = keys["release"]
+        ctx = _ctx(tmp_path, store, signed, {"model": model, "blessing": blessed, "infra_blessing": infra})
+        signed.run(ctx)
+        pushed = ctx.outputs["pushed_model"].properties
+        assert pushed["version"] == 5 and pushed["signed"] and pushed["signer_key"].startswith("sha256:")
+        signing.verify(str(base / "5"), [keys["release.pub"]])
     finally:
         store.close()
 

@@ -53,6 +53,7 @@ def main(argv: Sequence[str]) -> int:
             print(f"tfprod pipeline: error: --set {item!r}: expected NAME=VALUE", file=sys.stderr)
             return 2
         overrides[name] = value
+    import sqlalchemy
     from rich.console import Console
 
     from tfprod.pipeline import runner
@@ -74,6 +75,10 @@ def main(argv: Sequence[str]) -> int:
         result = runner.run(pipeline, use_cache=not args.no_cache, progress=progress)
     except PipelineError as e:
         console.print(f"[red]run failed[/red]: {e}; nothing of that step was published", highlight=False)
+        return 1
+    except (OSError, sqlalchemy.exc.SQLAlchemyError) as e:  # the root or the store cannot be used
+        console.print(f"[red]run failed[/red]: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                      highlight=False)
         return 1
     if result.stopped:
         console.print(f"[yellow]run {result.run_id} stopped[/yellow] by {result.stopped}", highlight=False)

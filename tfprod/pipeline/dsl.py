@@ -13,6 +13,7 @@ returns, so a failed step leaves nothing half-written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -76,11 +77,30 @@ class Component:
         return []
 
     def code_version(self) -> str:
-        digest = hashlib.sha256(inspect.getsource(type(self)).encode())
+        """A hash of what computes this component's outputs: tfprod's pipeline package, the
+        component's class, its module files and the Python files beside them (their imports)."""
+        digest = hashlib.sha256(_package_digest().encode())
+        try:
+            digest.update(inspect.getsource(type(self)).encode())
+        except (OSError, TypeError):  # a class defined in the pipeline file itself: its bytecode
+            digest.update(repr(_code_of(type(self))).encode())
+        files = set()
         for path in self.code_files():
+            if not os.path.isfile(path):
+                raise PipelineError(f"{self.id}: {path} does not exist")
+            files.add(os.path.abspath(path))
+            folder = os.path.dirname(os.path.abspath(path))
+            files.update(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py"))
+        for path in sorted(files):
+            digest.update(path.encode())
             with open(path, "rb") as f:
                 digest.update(f.read())
         return digest.hexdigest()[:16]
+
+    def cache_context(self, store: MetadataStore, pipeline_context: int, inputs: dict[str, list[Artifact]]
+                      ) -> dict[str, Any]:
+        """What else the outputs depend on that earlier runs decide (a baseline): part of the cache key."""
+        return {}
 
     def describe_params(self) -> dict[str, Any]:
         return {k: v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v)
@@ -165,6 +185,24 @@ class RunContext:
     def stop(self, reason: str) -> None:
         """Publish this step's outputs, then stop the run (later components do not run)."""
         self.stop_reason = reason
+
+
+@functools.cache
+def _package_digest() -> str:
+    import tfprod
+
+    digest = hashlib.sha256(tfprod.__version__.encode())
+    root = os.path.dirname(os.path.abspath(__file__))
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(name.encode() + f.read())
+    return digest.hexdigest()
+
+
+def _code_of(cls: type) -> list[Any]:
+    return [(name, fn.__code__.co_code, fn.__code__.co_consts) for name, fn in sorted(vars(cls).items())
+            if callable(fn) and hasattr(fn, "__code__")]
 
 
 def params_json(params: Mapping[str, Any]) -> str:

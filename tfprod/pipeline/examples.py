@@ -56,7 +56,8 @@ def read_files(files: Sequence[str]) -> pa.Table:
         lower = path.lower()
         try:
             if lower.endswith(".csv"):
-                tables.append(pacsv.read_csv(path))
+                # an empty cell is a missing value, for strings too (not "")
+                tables.append(pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True)))
             elif lower.endswith(".parquet"):
                 tables.append(pq.read_table(path))
             elif lower.endswith((".tfrecord", ".tfrecords", ".tfrecord.gz")):

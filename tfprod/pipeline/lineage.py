@@ -51,7 +51,12 @@ def chain(version_dir: str, metadata_url: str = "") -> dict[str, Any]:
     url = metadata_url or audit["pipeline"].get("metadata_url")
     if not url:
         raise LineageError("the audit metadata names no metadata store: pass --metadata URL")
-    store = MetadataStore(url)
+    if url.startswith("sqlite:///") and not os.path.isfile(url[len("sqlite:///"):]):
+        raise LineageError(f"the metadata store {url} does not exist (moved? pass --metadata URL)")
+    try:
+        store = MetadataStore(url, create=False)
+    except Exception as e:  # a URL SQLAlchemy cannot open
+        raise LineageError(f"cannot open the metadata store {url}: {e}") from None
     try:
         pushed = next((a for a in store.artifacts("PushedModel") if a.properties.get("path") == version_dir), None)
         if pushed is None:
@@ -99,6 +104,10 @@ def chain(version_dir: str, metadata_url: str = "") -> dict[str, Any]:
             "infra_validation": props(infra),
             "push": props(pushed),
         }
+    except LineageError:
+        raise
+    except Exception as e:  # not a tfprod store, or one from another version
+        raise LineageError(f"cannot read the metadata store {url}: {str(e)[:300]}") from None
     finally:
         store.close()
 

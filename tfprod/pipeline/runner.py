@@ -44,8 +44,11 @@ class RunResult:
         return next(s.outputs[key] for s in self.steps if s.component == component)
 
 
-def cache_key(component: Component, inputs: dict[str, list[Artifact]]) -> str:
+def cache_key(component: Component, inputs: dict[str, list[Artifact]], pipeline: str = "",
+              context: dict[str, object] | None = None) -> str:
     digest = hashlib.sha256()
+    digest.update(pipeline.encode() + b"\0")
+    digest.update(params_json(context or {}).encode())
     digest.update(type(component).__name__.encode())
     digest.update(component.code_version().encode())
     digest.update(params_json(component.describe_params()).encode())
@@ -81,8 +84,11 @@ def _run(pipeline: Pipeline, store: MetadataStore, use_cache: bool, say: Callabl
     for component in pipeline.ordered():
         inputs = {name: [produced[(id(ch.producer), ch.key)]] for name, ch in component.inputs.items()}
         try:
-            key = cache_key(component, inputs)
-        except PipelineError as e:  # its inputs cannot even be found (no files for the pattern...)
+            key = cache_key(component, inputs, pipeline.name,
+                            component.cache_context(store, pipeline_ctx, inputs))
+        except Exception as e:  # its inputs cannot even be found (no files for the pattern, no module file...)
+            if not isinstance(e, PipelineError):
+                e = PipelineError(f"{type(e).__name__}: {e}")
             result.steps.append(StepResult(component.id, "FAILED", 0, {}, 0.0, str(e)))
             say(component.id, f"failed: {e}")
             raise PipelineError(f"{component.id} failed: {e}") from None
@@ -109,19 +115,25 @@ def _run(pipeline: Pipeline, store: MetadataStore, use_cache: bool, say: Callabl
         ctx = RunContext(component, inputs, store, pipeline_ctx, run_id, staging,
                          functools.partial(say, component.id), pipeline.name)
         say(component.id, "running")
+        published: list[str] = []
         try:
             component.run(ctx)
+            outputs = _publish(pipeline.root, component, execution, ctx, published)
+            store.finish_execution(execution, "COMPLETE", {k: [a] for k, a in outputs.items()}, contexts,
+                                   {"stop_reason": ctx.stop_reason} if ctx.stop_reason else None)
         except Exception as e:
             shutil.rmtree(staging, ignore_errors=True)
+            for path in published:  # what was renamed in before the failure goes too: nothing half-published
+                shutil.rmtree(path, ignore_errors=True)
             message = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-            store.finish_execution(execution, "FAILED", {}, contexts, {"error": message})
+            try:
+                store.finish_execution(execution, "FAILED", {}, contexts, {"error": message})
+            except Exception:  # the store itself failed: the run's outcome is the original error
+                pass
             seconds = (datetime.datetime.now(datetime.UTC) - clock).total_seconds()
             result.steps.append(StepResult(component.id, "FAILED", execution, {}, seconds, message))
             say(component.id, f"failed: {message}")
             raise PipelineError(f"{component.id} failed: {message}") from (None if isinstance(e, PipelineError) else e)
-        outputs = _publish(pipeline.root, component, execution, ctx)
-        store.finish_execution(execution, "COMPLETE", {k: [a] for k, a in outputs.items()}, contexts,
-                               {"stop_reason": ctx.stop_reason} if ctx.stop_reason else None)
         shutil.rmtree(staging, ignore_errors=True)
         _remember(produced, component, outputs)
         seconds = (datetime.datetime.now(datetime.UTC) - clock).total_seconds()
@@ -135,15 +147,19 @@ def _run(pipeline: Pipeline, store: MetadataStore, use_cache: bool, say: Callabl
     return result
 
 
-def _publish(root: str, component: Component, execution: int, ctx: RunContext) -> dict[str, Artifact]:
+def _publish(root: str, component: Component, execution: int, ctx: RunContext, done: list[str]
+             ) -> dict[str, Artifact]:
     missing = [k for k in component.OUTPUTS if k not in ctx.outputs]
     if missing:
         raise PipelineError(f"{component.id} returned without writing its output(s) {missing}")
     published = {}
     for key, artifact in ctx.outputs.items():
         final = os.path.join(os.path.abspath(root), component.id, key, str(execution))
+        if os.path.exists(final):  # a root whose store was replaced: execution ids start again
+            final = f"{final}-{uuid.uuid4().hex[:8]}"
         os.makedirs(os.path.dirname(final), exist_ok=True)
         os.rename(artifact.uri, final)  # whole, or not at all
+        done.append(final)
         published[key] = dataclasses.replace(artifact, uri=final)
     return published
 

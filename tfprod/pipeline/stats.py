@@ -76,8 +76,8 @@ def _kind(t: pa.DataType) -> str:
         return "FLOAT"
     if pa.types.is_integer(t) or pa.types.is_boolean(t):
         return "INT"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
-        return "STRING"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_null(t):
+        return "STRING"  # a column with no value at all (type null) is an all-missing string column
     raise ValueError(f"column type {t} is not supported (numbers, booleans and strings are)")
 
 
@@ -95,8 +95,10 @@ def first_pass(batch: pa.RecordBatch | pa.Table) -> Partials:
             out[name] = StringPartial(len(values), missing, int(lengths), Counter(
                 dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))))
             continue
-        data = np.asarray(present.cast(pa.float64()) if kind == "FLOAT" else present.cast(pa.int64()), np.float64)
-        finite = data[~np.isnan(data)]
+        # integers beyond 2**53 lose precision here, but nothing is refused
+        data = np.asarray(present.cast(pa.float64()) if kind == "FLOAT" else present.cast(pa.int64()), np.float64) \
+            if kind == "FLOAT" else np.asarray(present.cast(pa.int64())).astype(np.float64)
+        finite = data[np.isfinite(data)]  # NaN and infinities are counted (num_nan), not averaged or binned
         p = NumericPartial(kind, len(data), missing, len(data) - len(finite))
         if finite.size:
             p.mean = float(finite.mean())
@@ -124,8 +126,10 @@ def second_pass(batch: pa.RecordBatch | pa.Table, ranges: dict[str, tuple[float,
     """Counts of one batch's values in FINE_BINS equal-width bins of each numeric column's range."""
     out = {}
     for name, (low, high) in ranges.items():
-        data = np.asarray(pc.drop_null(batch.column(name)).cast(pa.float64()), np.float64)
-        data = data[~np.isnan(data)]
+        column = pc.drop_null(batch.column(name))
+        data = np.asarray(column.cast(pa.int64())).astype(np.float64) if pa.types.is_integer(column.type) else \
+            np.asarray(column.cast(pa.float64()), np.float64)
+        data = data[np.isfinite(data)]
         out[name] = fine_counts(data, low, high)
     return out
 

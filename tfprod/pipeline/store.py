@@ -129,14 +129,18 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
 
 
 class MetadataStore:
-    def __init__(self, url: str) -> None:
-        """`url`: a SQLAlchemy URL (`sqlite:///pipeline/metadata.sqlite`, `postgresql://...`)."""
+    def __init__(self, url: str, create: bool = True) -> None:
+        """`url`: a SQLAlchemy URL (`sqlite:///pipeline/metadata.sqlite`, `postgresql://...`);
+        `create=False` only reads an existing store (its tables are not created)."""
         self.url = url
+        # what may be shown (audit metadata, lineage): the URL without its password
+        self.public_url = sa.engine.make_url(url).render_as_string(hide_password=True)
         sqlite = url.startswith("sqlite")
         self._engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if sqlite else {})
         if sqlite:
             event.listen(self._engine, "connect", _sqlite_pragmas)
-        for attempt in range(10):  # several processes creating a new store race on CREATE TABLE: the loser retries
+        # several processes creating a new store race on CREATE TABLE: the loser retries
+        for attempt in range(10 if create else 0):
             try:
                 _Base.metadata.create_all(self._engine)
                 break

@@ -112,6 +112,7 @@ def vocabulary(x: Any, top_k: int | None = None) -> list[str]:
     """The values of a string feature by descending frequency (then value), at most `top_k`."""
     def compute(a: np.ndarray) -> list[str]:
         counts = Counter(v.decode() if isinstance(v, bytes) else str(v) for v in a.reshape(-1))
+        counts.pop("", None)  # a missing value is not a word: it maps to the out-of-vocabulary id
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         return [v for v, _ in ranked[:top_k]]
     return list(_analyzer("vocabulary", compute, x))

@@ -85,8 +85,20 @@ def rebucket(h: statistics_pb2.Histogram, edges: Sequence[float]) -> np.ndarray:
     return out
 
 
+def _widened(h: statistics_pb2.Histogram) -> statistics_pb2.Histogram:
+    """Zero-width buckets (a constant column) as narrow ones, so that two different constants
+    land in different buckets."""
+    out = statistics_pb2.Histogram()
+    out.CopyFrom(h)
+    for b in out.buckets:
+        if b.high_value <= b.low_value:
+            b.high_value = b.low_value + 1e-9 * max(1.0, abs(b.low_value))
+    return out
+
+
 def jensen_shannon(a: statistics_pb2.Histogram, b: statistics_pb2.Histogram) -> float:
     """The Jensen-Shannon divergence (log2) of two histograms on the union of their boundaries."""
+    a, b = _widened(a), _widened(b)
     edges = sorted({x for h in (a, b) for bucket in h.buckets for x in (bucket.low_value, bucket.high_value)})
     if len(edges) < 2:
         return 0.0

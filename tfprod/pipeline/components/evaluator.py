@@ -62,6 +62,9 @@ class Evaluator(Component):
         reasons = []
         for name, bound in self.params["thresholds"].items():
             value = candidate["overall"][name]
+            if math.isnan(value):
+                reasons.append(f"{name} is undefined on the evaluation rows (one class only?)")
+                continue
             if "lower" in bound and not value >= bound["lower"]:
                 reasons.append(f"{name} {value:.4f} is below the threshold {bound['lower']}")
             if "upper" in bound and not value <= bound["upper"]:
@@ -69,6 +72,9 @@ class Evaluator(Component):
         if baseline is not None:
             for name, bound in self.params["change_thresholds"].items():
                 change = candidate["overall"][name] - baseline["overall"][name]
+                if math.isnan(change):
+                    reasons.append(f"{name} cannot be compared with the baseline (undefined on these rows)")
+                    continue
                 if "max_decrease" in bound and change < -bound["max_decrease"]:
                     reasons.append(f"{name} fell by {-change:.4f} against the baseline (limit {bound['max_decrease']})")
                 if "max_increase" in bound and change > bound["max_increase"]:
@@ -101,10 +107,19 @@ class Evaluator(Component):
     def _baseline(ctx: RunContext, model: Artifact) -> Artifact | None:
         """The model of this pipeline's latest push: blessed, validated and serving (a model blessed
         but stopped later, by infra validation, never becomes the baseline)."""
-        for pushed in ctx.previous("PushedModel"):
-            if pushed.properties.get("model_id") not in (None, model.id):
-                return ctx.store.artifact(pushed.properties["model_id"])
-        return None
+        return _baseline(ctx.store, ctx.pipeline_context, model.id)
+
+    def cache_context(self, store: Any, pipeline_context: int, inputs: dict[str, list[Artifact]]) -> dict[str, Any]:
+        model = inputs["model"][0] if inputs.get("model") else None
+        baseline = _baseline(store, pipeline_context, model.id if model else None)
+        return {"baseline": baseline.id if baseline else None}
+
+
+def _baseline(store: Any, pipeline_context: int, model_id: int | None) -> Artifact | None:
+    for pushed in store.artifacts("PushedModel", pipeline_context):
+        if pushed.properties.get("model_id") not in (None, model_id):
+            return store.artifact(pushed.properties["model_id"])  # type: ignore[no-any-return]
+    return None
 
 
 def predict(model: Artifact, table: Any) -> np.ndarray:

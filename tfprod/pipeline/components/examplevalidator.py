@@ -73,8 +73,21 @@ class ExampleValidator(Component):
         was stopped never becomes the reference)."""
         if span is None:
             return None
-        for anomalies in ctx.previous("ExampleAnomalies", {"blessed": True}):
-            earlier = anomalies.properties.get("span")
-            if earlier is not None and earlier < span and anomalies.properties.get("statistics_id"):
-                return ctx.store.artifact(anomalies.properties["statistics_id"])
+        return _baseline(ctx.store, ctx.pipeline_context, span)
+
+    def cache_context(self, store: Any, pipeline_context: int, inputs: dict[str, list[Artifact]]) -> dict[str, Any]:
+        span = inputs["statistics"][0].properties.get("span") if inputs.get("statistics") else None
+        baseline = _baseline(store, pipeline_context, span)
+        return {"drift_baseline": baseline.id if baseline else None}
+
+
+def _baseline(store: Any, pipeline_context: int, span: int | None) -> Artifact | None:
+    if span is None:
         return None
+    candidates = [a for a in store.artifacts("ExampleAnomalies", pipeline_context, {"blessed": True})
+                  if a.properties.get("span") is not None and a.properties["span"] < span
+                  and a.properties.get("statistics_id")]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda a: (a.properties["span"], a.id))  # the largest earlier span, its latest check
+    return store.artifact(best.properties["statistics_id"])  # type: ignore[no-any-return]

@@ -69,12 +69,14 @@ class InfraValidator(Component):
             finally:
                 server.terminate()
                 server.wait(timeout=30)
+        if not np.isfinite(expected).all():
+            raise PipelineError("infra validation: the trained model answers NaN or infinity for the validation rows")
         for what, got in (("REST", rest), ("gRPC", grpc_answer)):
-            diff = float(np.abs(got - expected).max())
+            diff = float(np.abs(got - expected).max()) if np.isfinite(got).all() else float("inf")
             if diff > 1e-5:
                 raise PipelineError(f"infra validation: the served model's {what} answers differ from the trained "
                                     f"model's by {diff:.3g}")
-        out = ctx.output("infra_blessing", blessed=True, requests=table.num_rows, rest_and_grpc=True)
+        out = ctx.output("infra_blessing", blessed=True, requests=table.num_rows, rest_and_grpc=True, model_id=model.id)
         from tfprod.export import warmup
 
         requests = [("serving_default", {k: v[i:i + 1] for k, v in columns.items()}) for i in range(table.num_rows)]

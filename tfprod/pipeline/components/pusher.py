@@ -34,7 +34,7 @@ class Pusher(Component):
         if not blessing.properties.get("blessed") or blessing.properties.get("model_id") != model.id:
             why = "; ".join(blessing.properties.get("reasons") or [])
             raise PipelineError(f"model {model.id} is not blessed ({why}): nothing is pushed")
-        if not infra.properties.get("blessed"):
+        if not infra.properties.get("blessed") or infra.properties.get("model_id") not in (None, model.id):
             raise PipelineError(f"model {model.id} did not pass infra validation: nothing is pushed")
         base = os.path.abspath(self.params["push_destination"])
         os.makedirs(base, exist_ok=True)

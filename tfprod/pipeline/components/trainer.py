@@ -94,9 +94,9 @@ class Trainer(Component):
             **self.params["metadata"],
             "training_data_sha256": examples.properties.get("fingerprint"),
             "training_params": dict(self.params["hyperparameters"]),
-            "metrics": {**metrics, **{k: v for k, v in (self.params["metadata"].get("metrics") or {}).items()}},
+            "metrics": {**(self.params["metadata"].get("metrics") or {}), **metrics},  # measured wins
             "source_revision": self.params["metadata"].get("source_revision") or _revision(self.params["module_file"]),
-            "pipeline": {"name": ctx.pipeline_name, "run_id": ctx.run_id, "metadata_url": ctx.store.url,
+            "pipeline": {"name": ctx.pipeline_name, "run_id": ctx.run_id, "metadata_url": ctx.store.public_url,
                          "span": examples.properties.get("span"), "examples_artifact": examples.id,
                          "transform_artifact": graph.id, "module_file": os.path.abspath(self.params["module_file"]),
                          "code_version": self.code_version()},
