@@ -29,10 +29,6 @@ class PipelineError(Exception):
     """A component cannot do its work: the run stops, and nothing of the step is published."""
 
 
-class RunStopped(Exception):
-    """A component finished and decided the run must not go on (anomalies, a model not blessed)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Channel:
     producer: Component

@@ -19,7 +19,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 
-from tfprod.pipeline.dsl import Channel, Component, Pipeline, PipelineError, RunContext, RunStopped, params_json
+from tfprod.pipeline.dsl import Component, Pipeline, PipelineError, RunContext, params_json
 from tfprod.pipeline.store import Artifact, MetadataStore, by_ids
 
 
@@ -168,5 +168,3 @@ def _remember(produced: dict[tuple[int, str], Artifact], component: Component, o
     for key, artifact in outputs.items():
         produced[(id(component), key)] = artifact
 
-
-__all__ = ["run", "RunResult", "StepResult", "Channel", "RunStopped"]
