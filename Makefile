@@ -19,9 +19,10 @@ demo: install
 pipeline-demo: install  # the credit pipeline: push v1, stop a drifted span, bless and push v2 to a running server
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python examples/credit/demo.py --workdir credit-demo
 
-test: install  # the browser tests drive Debian's Chromium (Playwright's own download needs the internet); Node: parity's fallback
-	(command -v chromium && command -v node) >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium nodejs) || \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium nodejs)
+test: install  # browser tests: Debian's Chromium (Playwright's download needs the internet); Node: parity's fallback; PostgreSQL: the store tests start their own server
+	(command -v chromium && command -v node && ls /usr/lib/postgresql/*/bin/initdb) >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq chromium nodejs postgresql) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium nodejs postgresql)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/pytest -q
 
 lint: install

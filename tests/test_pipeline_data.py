@@ -1,5 +1,5 @@
 """The pipeline's data half: ExampleGen, statistics (partials and merges), schema, validation, the
-runner's caching and publishing, the store under concurrent runs. Real files, real protos."""
+runner's caching and publishing (the store under concurrent runs: test_pipeline_store.py). Real files, real protos."""
 
 from __future__ import annotations
 
@@ -257,34 +257,6 @@ def test_a_failing_step_publishes_nothing_and_stops_the_run(tmp_path: Any) -> No
         failed, = store.executions()
         assert failed.state == "FAILED" and "span-4.csv" in failed.properties["error"]
         assert store.outputs_of(failed.id) == {}
-    finally:
-        store.close()
-
-
-def test_concurrent_runs_share_one_sqlite_store(tmp_path: Any) -> None:
-    _spans(tmp_path / "data")
-    script = tmp_path / "pipe.py"
-    script.write_text(textwrap.dedent(f"""
-        from tfprod.pipeline import ExampleGen, StatisticsGen, Pipeline
-        def create_pipeline(seed):
-            gen = ExampleGen(input_base={str(tmp_path / 'data')!r}, pattern="span-{{SPAN}}.csv", span=1,
-                             splits={{"train": 7, "eval": 3, "x": int(seed)}})
-            return Pipeline("shared", root={str(tmp_path / 'root')!r},
-                            components=[gen, StatisticsGen(examples=gen.outputs["examples"])])
-    """))
-    procs = [subprocess.Popen([sys.executable, "-m", "tfprod", "pipeline", "run", str(script), "--set", f"seed={i}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(1, 5)]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], [o[1][-2000:] for o in outputs]
-    assert not any("locked" in err for _, err in outputs)
-    store = MetadataStore(f"sqlite:///{tmp_path / 'root' / 'metadata.sqlite'}")
-    try:
-        runs = [e for e in store.executions() if e.component == "StatisticsGen"]
-        assert len(runs) == 4 and all(e.state == "COMPLETE" for e in runs)
-        for e in runs:  # each run's lineage is whole: statistics <- examples <- ExampleGen of the same run
-            examples, = store.inputs_of(e.id)["examples"]
-            producer = store.producer(examples.id)
-            assert producer is not None and producer.properties["run_id"] == e.properties["run_id"]
     finally:
         store.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -49,7 +50,7 @@ class ExecutionRow(_Base):
     __tablename__ = "executions"
     id: Mapped[int] = mapped_column(primary_key=True)
     type: Mapped[str] = mapped_column(sa.String(100), index=True)  # the component's class
-    component: Mapped[str] = mapped_column(sa.String(200))  # its id in the pipeline
+    component: Mapped[str] = mapped_column(sa.String(200), index=True)  # its id in the pipeline
     state: Mapped[str] = mapped_column(sa.String(20))  # RUNNING COMPLETE CACHED FAILED
     cache_key: Mapped[str] = mapped_column(sa.String(64), index=True, default="")
     properties: Mapped[str] = mapped_column(sa.Text, default="{}")
@@ -139,10 +140,11 @@ class MetadataStore:
         self._engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if sqlite else {})
         if sqlite:
             event.listen(self._engine, "connect", _sqlite_pragmas)
-        # several processes creating a new store race on CREATE TABLE: the loser retries
+        # several processes opening a new store race on its migration: PostgreSQL serialises them
+        # with an advisory lock, SQLite's losers retry
         for attempt in range(10 if create else 0):
             try:
-                _Base.metadata.create_all(self._engine)
+                upgrade(self._engine)
                 break
             except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
                 if attempt == 9:
@@ -205,9 +207,9 @@ class MetadataStore:
                         s.flush()
                         a.id = art.id
                     s.add(EventRow(artifact_id=a.id, execution_id=execution, kind=OUTPUT, role=role))
-                    for context in contexts:
-                        if s.get(AttributionRow, (context, a.id)) is None:
-                            s.add(AttributionRow(context_id=context, artifact_id=a.id))
+                    for context in contexts:  # concurrent cached runs attribute the same artifact: no conflict
+                        s.execute(_insert_ignoring_duplicates(s.get_bind().dialect.name, AttributionRow,
+                                                              context_id=context, artifact_id=a.id))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -287,6 +289,42 @@ class MetadataStore:
             row = s.get(ArtifactRow, artifact)
             assert row is not None
             row.properties = json.dumps({**json.loads(row.properties), **properties}, default=str)
+
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
+_MIGRATION_LOCK = 7_262_001  # PostgreSQL advisory lock id of store migrations
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Migrate the store's schema to `revision` (Alembic, tfprod/pipeline/migrations)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def revision_of(engine: sa.Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def _insert_ignoring_duplicates(dialect: str, table: type[_Base], **values: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING, in the two dialects that spell it so."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise ValueError(f"the metadata store supports SQLite and PostgreSQL, not {dialect}")
+    return insert(table).values(**values).on_conflict_do_nothing()
 
 
 def by_ids(artifacts: Iterable[Artifact]) -> list[int]:
