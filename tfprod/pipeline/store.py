@@ -318,13 +318,13 @@ def revision_of(engine: sa.Engine) -> str | None:
 
 def _insert_ignoring_duplicates(dialect: str, table: type[_Base], **values: Any) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING, in the two dialects that spell it so."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise ValueError(f"the metadata store supports SQLite and PostgreSQL, not {dialect}")
-    return insert(table).values(**values).on_conflict_do_nothing()
+        return postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    raise ValueError(f"the metadata store supports SQLite and PostgreSQL, not {dialect}")
 
 
 def by_ids(artifacts: Iterable[Artifact]) -> list[int]:
