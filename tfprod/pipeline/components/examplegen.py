@@ -34,13 +34,15 @@ class ExampleGen(Component):
         return span, found[span]
 
     def describe_params(self) -> dict[str, Any]:
-        # the input files' content is part of the cache key: new data in the same span re-runs the step
+        # the input files' content is part of the cache key: new data in the same span re-runs the step.
+        # Resolved once per run: the step then reads the span its cache key names, even if a newer one lands.
         span, files = self._files()
-        return {**super().describe_params(), "resolved_span": span, "fingerprint": ex.fingerprint(files)}
+        self._resolved = (span, files, ex.fingerprint(files))
+        return {**super().describe_params(), "resolved_span": span, "fingerprint": self._resolved[2]}
 
     def run(self, ctx: RunContext) -> None:
         p = self.params
-        span, files = self._files()
+        span, files, _ = getattr(self, "_resolved", None) or (*self._files(), "")
         ctx.progress(f"reading span {span}: {len(files)} file(s)")
         table = ex.read_files(files)
         if table.num_rows == 0:
