@@ -299,5 +299,11 @@ def test_pipeline_cli_exit_codes_and_messages(tmp_path: Any) -> None:
     done = cli("run", str(custom))
     assert done.returncode == 0 and "complete" in done.stderr, done.stderr
     assert "cached" in cli("run", str(custom)).stderr
+    plain = tmp_path / "plain" / "1" / "assets.extra"
+    plain.mkdir(parents=True)
+    (plain / "tfprod_metadata.json").write_text('{"owner": "someone"}')
+    done = subprocess.run([sys.executable, "-m", "tfprod", "lineage", str(tmp_path / "plain"), "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "not pushed by a tfprod pipeline" in done.stderr and "Traceback" not in done.stderr
     done = cli("run", str(tmp_path / "nope.py"))
     assert done.returncode == 2 and "is not a file" in done.stderr

@@ -11,9 +11,8 @@ import html
 import json
 import os
 import re
-from typing import Any
 
-from tfprod.edge.tfjs import MODEL_JSON, RUNTIME_DIR
+from tfprod.edge.tfjs import MODEL_JSON, RUNTIME_DIR, runtime_manifest
 
 WEB_DIR = os.path.dirname(RUNTIME_DIR)
 # Cross-origin isolation lets the threaded WASM build use SharedArrayBuffer; every file the page
@@ -42,12 +41,6 @@ class File:
 
 def _media_type(name: str) -> str:
     return _TYPES.get(os.path.splitext(name)[1], "application/octet-stream")
-
-
-@functools.cache
-def runtime_manifest() -> dict[str, Any]:
-    with open(os.path.join(RUNTIME_DIR, "manifest.json")) as f:
-        return dict(json.load(f))
 
 
 class RuntimeTampered(Exception):

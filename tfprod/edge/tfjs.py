@@ -73,9 +73,15 @@ def supported_ops() -> frozenset[str]:
         return frozenset(json.load(f)["ops"])
 
 
-def runtime_version() -> str:
+@functools.cache
+def runtime_manifest() -> dict[str, Any]:
+    """The shipped TF.js runtime's manifest: its version and each file's sha256 and size."""
     with open(os.path.join(RUNTIME_DIR, "manifest.json")) as f:
-        return str(json.load(f)["version"])
+        return dict(json.load(f))
+
+
+def runtime_version() -> str:
+    return str(runtime_manifest()["version"])
 
 
 def export(version_dir: str, output: str | None = None, mode: str = "none", signature_key: str = "") -> str:

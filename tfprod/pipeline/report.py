@@ -12,7 +12,7 @@ from typing import Any
 from tfprod.pipeline.components import statisticsgen
 from tfprod.pipeline.runner import RunResult, StepResult
 from tfprod.pipeline.store import MetadataStore
-from tfprod.pipeline.validate import _standard, rebucket
+from tfprod.pipeline.validate import rebucket, standard_histogram
 
 MAX_FEATURES = 36
 
@@ -104,11 +104,11 @@ def _features(statistics: Any, baseline: Any, measures: dict[str, dict[str, floa
                 ax.bar(range(len(labels)), [shares.get(v, 0.0) for v in labels], color="tab:orange", alpha=0.5)
             ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=45)
         else:
-            hist = _standard(f)
+            hist = standard_histogram(f)
             if hist is None:
                 continue
             edges = sorted({x for b in hist.buckets for x in (b.low_value, b.high_value)})
-            theirs_hist = _standard(other) if other is not None else None
+            theirs_hist = standard_histogram(other) if other is not None else None
             if theirs_hist is not None:
                 edges = sorted({*edges, *(x for b in theirs_hist.buckets for x in (b.low_value, b.high_value))})
             if len(edges) < 2:

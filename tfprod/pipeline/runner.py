@@ -18,6 +18,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from tfprod.pipeline.dsl import Component, Pipeline, PipelineError, RunContext, params_json
 from tfprod.pipeline.store import Artifact, MetadataStore, by_ids
@@ -44,14 +45,14 @@ class RunResult:
         return next(s.outputs[key] for s in self.steps if s.component == component)
 
 
-def cache_key(component: Component, inputs: dict[str, list[Artifact]], pipeline: str = "",
-              context: dict[str, object] | None = None) -> str:
+def cache_key(component: Component, params: dict[str, Any], code_version: str, inputs: dict[str, list[Artifact]],
+              pipeline: str = "", context: dict[str, object] | None = None) -> str:
     digest = hashlib.sha256()
     digest.update(pipeline.encode() + b"\0")
     digest.update(params_json(context or {}).encode())
     digest.update(type(component).__name__.encode())
-    digest.update(component.code_version().encode())
-    digest.update(params_json(component.describe_params()).encode())
+    digest.update(code_version.encode())
+    digest.update(params_json(params).encode())
     for name in sorted(inputs):
         digest.update(f"{name}={by_ids(inputs[name])}".encode())
     return digest.hexdigest()
@@ -83,8 +84,9 @@ def _run(pipeline: Pipeline, store: MetadataStore, use_cache: bool, say: Callabl
     result = RunResult(run_id, [])
     for component in pipeline.ordered():
         inputs = {name: [produced[(id(ch.producer), ch.key)]] for name, ch in component.inputs.items()}
-        try:
-            key = cache_key(component, inputs, pipeline.name,
+        try:  # once per step: ExampleGen's parameters hash its input files, the code version hashes code
+            params, code_version = component.describe_params(), component.code_version()
+            key = cache_key(component, params, code_version, inputs, pipeline.name,
                             component.cache_context(store, pipeline_ctx, inputs))
         except Exception as e:  # its inputs cannot even be found (no files for the pattern, no module file...)
             if not isinstance(e, PipelineError):
@@ -96,8 +98,7 @@ def _run(pipeline: Pipeline, store: MetadataStore, use_cache: bool, say: Callabl
         hit = store.cached(key) if use_cache else None
         if hit is not None and all(os.path.exists(a.uri) for arts in hit[1].values() for a in arts):
             execution = store.start_execution(type(component).__name__, component.id, key, contexts, inputs,
-                                              {"params": component.describe_params(), "run_id": run_id,
-                                               "cached_from": hit[0].id})
+                                              {"params": params, "run_id": run_id, "cached_from": hit[0].id})
             store.finish_execution(execution, "CACHED", hit[1], contexts)
             outputs = {k: v[0] for k, v in hit[1].items()}
             _remember(produced, component, outputs)
@@ -108,8 +109,7 @@ def _run(pipeline: Pipeline, store: MetadataStore, use_cache: bool, say: Callabl
                 return result
             continue
         execution = store.start_execution(type(component).__name__, component.id, key, contexts, inputs,
-                                          {"params": component.describe_params(), "run_id": run_id,
-                                           "code_version": component.code_version()})
+                                          {"params": params, "run_id": run_id, "code_version": code_version})
         staging = os.path.join(pipeline.root, ".staging", str(execution))
         os.makedirs(staging, exist_ok=True)
         ctx = RunContext(component, inputs, store, pipeline_ctx, run_id, staging,

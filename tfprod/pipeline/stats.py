@@ -95,9 +95,7 @@ def first_pass(batch: pa.RecordBatch | pa.Table) -> Partials:
             out[name] = StringPartial(len(values), missing, int(lengths), Counter(
                 dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))))
             continue
-        # integers beyond 2**53 lose precision here, but nothing is refused
-        data = np.asarray(present.cast(pa.float64()) if kind == "FLOAT" else present.cast(pa.int64()), np.float64) \
-            if kind == "FLOAT" else np.asarray(present.cast(pa.int64())).astype(np.float64)
+        data = _as_floats(present)
         finite = data[np.isfinite(data)]  # NaN and infinities are counted (num_nan), not averaged or binned
         p = NumericPartial(kind, len(data), missing, len(data) - len(finite))
         if finite.size:
@@ -107,6 +105,13 @@ def first_pass(batch: pa.RecordBatch | pa.Table) -> Partials:
             p.zeros = int((finite == 0).sum())
         out[name] = p
     return out
+
+
+def _as_floats(column: Any) -> np.ndarray:
+    """A null-free numeric column as float64 (integers beyond 2**53 lose precision, none is refused)."""
+    if pa.types.is_floating(column.type):
+        return np.asarray(column.cast(pa.float64()), np.float64)
+    return np.asarray(column.cast(pa.int64())).astype(np.float64)
 
 
 def merge(a: Partials, b: Partials) -> Partials:
@@ -126,9 +131,7 @@ def second_pass(batch: pa.RecordBatch | pa.Table, ranges: dict[str, tuple[float,
     """Counts of one batch's values in FINE_BINS equal-width bins of each numeric column's range."""
     out = {}
     for name, (low, high) in ranges.items():
-        column = pc.drop_null(batch.column(name))
-        data = np.asarray(column.cast(pa.int64())).astype(np.float64) if pa.types.is_integer(column.type) else \
-            np.asarray(column.cast(pa.float64()), np.float64)
+        data = _as_floats(pc.drop_null(batch.column(name)))
         data = data[np.isfinite(data)]
         out[name] = fine_counts(data, low, high)
     return out

@@ -284,11 +284,6 @@ class MetadataStore:
                 AssociationRow.execution_id == execution))
             return [(t, n) for t, n in rows]
 
-    def update_artifact(self, artifact: int, properties: dict[str, Any]) -> None:
-        with self._session() as s, s.begin():
-            row = s.get(ArtifactRow, artifact)
-            assert row is not None
-            row.properties = json.dumps({**json.loads(row.properties), **properties}, default=str)
 
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from tfprod.pipeline.dsl import PipelineError
+
 _ANALYZE, _APPLY = "analyze", "apply"
 
 
@@ -43,7 +45,7 @@ class _Trace:
 _current: contextvars.ContextVar[_Trace | None] = contextvars.ContextVar("tfprod_transform", default=None)
 
 
-class TransformError(Exception):
+class TransformError(PipelineError):
     pass
 
 

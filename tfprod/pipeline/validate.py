@@ -64,7 +64,7 @@ def l_infinity(a: statistics_pb2.FeatureNameStatistics, b: statistics_pb2.Featur
     return max((abs(p.get(v, 0.0) - q.get(v, 0.0)) for v in {*p, *q}), default=0.0)
 
 
-def _standard(f: statistics_pb2.FeatureNameStatistics) -> statistics_pb2.Histogram | None:
+def standard_histogram(f: statistics_pb2.FeatureNameStatistics) -> statistics_pb2.Histogram | None:
     return next((h for h in f.num_stats.histograms if h.type == statistics_pb2.Histogram.STANDARD), None)
 
 
@@ -206,7 +206,7 @@ def _compare(anomalies: anomalies_pb2.Anomalies, name: str, f: statistics_pb2.Fe
                  f"The L-infinity distance between this data and {against} is {value:.4f} (up to 1), "
                  f"above the threshold {threshold:g}.")
     if comparator.HasField("jensen_shannon_divergence") and f.type != FS.STRING:
-        a, b = _standard(f), _standard(other)
+        a, b = standard_histogram(f), standard_histogram(other)
         if a is None or b is None:
             return
         value, threshold = jensen_shannon(a, b), comparator.jensen_shannon_divergence.threshold

@@ -59,6 +59,3 @@ def arrays(table: pa.Table, columns: Sequence[str], dtypes: dict[str, str]) -> d
             out[name] = np.asarray(column.cast(pa.string()).fill_null("").to_pylist(), object)
     return out
 
-
-def signature_inputs(fn: Any) -> list[str]:
-    return sorted(fn.structured_input_signature[1])

@@ -57,7 +57,7 @@ class Evaluator(Component):
         slices = {c: np.asarray(table.column(c).cast("string").fill_null("").to_pylist(), object)
                   for c in self.params["slice_by"]}
         candidate = self._metrics(predict(model, table), y, slices)
-        baseline_model = self._baseline(ctx, model)
+        baseline_model = _baseline(ctx.store, ctx.pipeline_context, model.id)
         baseline = self._metrics(predict(baseline_model, table), y, slices) if baseline_model else None
         reasons = []
         for name, bound in self.params["thresholds"].items():
@@ -103,12 +103,6 @@ class Evaluator(Component):
                 out["slices"][f"{column}={value}"] = metrics(self.params["task"], scores[mask], y[mask])
         return out
 
-    @staticmethod
-    def _baseline(ctx: RunContext, model: Artifact) -> Artifact | None:
-        """The model of this pipeline's latest push: blessed, validated and serving (a model blessed
-        but stopped later, by infra validation, never becomes the baseline)."""
-        return _baseline(ctx.store, ctx.pipeline_context, model.id)
-
     def cache_context(self, store: Any, pipeline_context: int, inputs: dict[str, list[Artifact]]) -> dict[str, Any]:
         model = inputs["model"][0] if inputs.get("model") else None
         baseline = _baseline(store, pipeline_context, model.id if model else None)
@@ -116,6 +110,8 @@ class Evaluator(Component):
 
 
 def _baseline(store: Any, pipeline_context: int, model_id: int | None) -> Artifact | None:
+    """The model of this pipeline's latest push: blessed, validated and serving (a model blessed
+    but stopped later, by infra validation, never becomes the baseline)."""
     for pushed in store.artifacts("PushedModel", pipeline_context):
         if pushed.properties.get("model_id") not in (None, model_id):
             return store.artifact(pushed.properties["model_id"])  # type: ignore[no-any-return]

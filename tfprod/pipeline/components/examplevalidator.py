@@ -35,7 +35,7 @@ class ExampleValidator(Component):
         assert statistics is not None and schema_artifact is not None
         schema = schemagen.load(schema_artifact)
         span = statistics.properties.get("span")
-        baseline = self._baseline(ctx, span)
+        baseline = _baseline(ctx.store, ctx.pipeline_context, span)
         serving_artifact = ctx.input("serving_statistics")
         found: dict[str, list[str]] = {}
         measures: dict[str, dict[str, Any]] = {}
@@ -67,14 +67,6 @@ class ExampleValidator(Component):
             ctx.stop(f"{len(lines)} anomalies in span {span}: " + "; ".join(lines[:3])
                      + (f" (and {len(lines) - 3} more: see {out.uri})" if len(lines) > 3 else ""))
 
-    @staticmethod
-    def _baseline(ctx: RunContext, span: int | None) -> Artifact | None:
-        """The statistics of the latest earlier span that passed validation (a drifted span that
-        was stopped never becomes the reference)."""
-        if span is None:
-            return None
-        return _baseline(ctx.store, ctx.pipeline_context, span)
-
     def cache_context(self, store: Any, pipeline_context: int, inputs: dict[str, list[Artifact]]) -> dict[str, Any]:
         span = inputs["statistics"][0].properties.get("span") if inputs.get("statistics") else None
         baseline = _baseline(store, pipeline_context, span)
@@ -82,6 +74,8 @@ class ExampleValidator(Component):
 
 
 def _baseline(store: Any, pipeline_context: int, span: int | None) -> Artifact | None:
+    """The statistics of the largest earlier span that passed validation (a drifted span that was
+    stopped never becomes the reference)."""
     if span is None:
         return None
     candidates = [a for a in store.artifacts("ExampleAnomalies", pipeline_context, {"blessed": True})

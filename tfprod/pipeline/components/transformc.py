@@ -46,7 +46,7 @@ class Transform(Component):
         with tft.analyzing() as trace:
             try:
                 analyzed = fn({k: tf.constant(v) for k, v in _user.arrays(train, features, dtypes).items()})
-            except tft.TransformError:
+            except PipelineError:
                 raise
             except Exception as e:
                 raise PipelineError(f"preprocessing_fn failed on the training split: {type(e).__name__}: {e}") \
@@ -65,7 +65,7 @@ class Transform(Component):
         module.transform = tf.function(transform_fn, input_signature=specs)
         concrete = module.transform.get_concrete_function()
         graph = ctx.output("transform_graph", raw_features={c: dtypes[c] for c in features}, label=label,
-                           outputs=sorted(analyzed), analyzers=[{"analyzer": n, "value": _json(v)}
+                           outputs=sorted(analyzed), analyzers=[{"analyzer": n, "value": v}
                                                                 for n, v in zip(trace.names, trace.values,
                                                                                 strict=True)])
         tf.saved_model.save(module, os.path.join(graph.uri, GRAPH_DIR), signatures={"transform": concrete})
@@ -82,10 +82,6 @@ class Transform(Component):
             folder = os.path.join(out.uri, f"Split-{split}")
             os.makedirs(folder)
             pq.write_table(pa.table(columns), os.path.join(folder, "data.parquet"))
-
-
-def _json(value: Any) -> Any:
-    return [_json(v) for v in value] if isinstance(value, list) else value
 
 
 def load(artifact: Artifact) -> Any:
