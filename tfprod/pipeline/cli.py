@@ -1,4 +1,4 @@
-"""`tfprod pipeline run PIPELINE.py [--no_cache] [--set NAME=VALUE ...]`.
+"""`tfprod pipeline run PIPELINE.py [--no_cache] [--set NAME=VALUE ...] [--runner local|ray]`.
 
 PIPELINE.py declares a `pipeline` (a `tfprod.pipeline.Pipeline`) or a `create_pipeline(**args)`
 function; `--set` passes its keyword arguments (strings). Exit status: 0 when the run went to its
@@ -45,6 +45,12 @@ def main(argv: Sequence[str]) -> int:
                    "parameters and code are unchanged")
     r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="an argument of create_pipeline()")
+    r.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="where each step's data-parallel work runs: here (default) or as Ray tasks")
+    r.add_argument("--ray_address", default="", metavar="HOST:PORT",
+                   help="the Ray cluster to use (default: a new local one; 'auto': the one started on this machine)")
+    r.add_argument("--ray_max_retries", type=int, default=0, metavar="N",
+                   help="times Ray runs a task again when its worker dies (default 0: the step fails)")
     args = p.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -71,8 +77,16 @@ def main(argv: Sequence[str]) -> int:
         mark = next((m for k, m in marks.items() if message.startswith(k)), " ")
         console.print(f"{mark} [bold]{component}[/bold] {message}", highlight=False)
 
+    engine = runner.Engine()
     try:
-        result = runner.run(pipeline, use_cache=not args.no_cache, progress=progress)
+        if args.runner == "ray":
+            from tfprod.pipeline.engines.ray import RayEngine
+
+            console.print(f"connecting to Ray at {args.ray_address or '(a new local cluster)'}", highlight=False)
+            engine = RayEngine(args.ray_address, code_dir=os.path.dirname(os.path.abspath(args.file)),
+                               max_retries=args.ray_max_retries)
+            console.print(f"Ray: {engine.workers} CPU(s)", highlight=False)
+        result = runner.run(pipeline, use_cache=not args.no_cache, progress=progress, engine=engine)
     except PipelineError as e:
         console.print(f"[red]run failed[/red]: {e}; nothing of that step was published", highlight=False)
         return 1
@@ -80,6 +94,8 @@ def main(argv: Sequence[str]) -> int:
         console.print(f"[red]run failed[/red]: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                       highlight=False)
         return 1
+    finally:
+        engine.close()
     if result.stopped:
         console.print(f"[yellow]run {result.run_id} stopped[/yellow] by {result.stopped}", highlight=False)
         console.print(f"report: {result.report}", highlight=False)

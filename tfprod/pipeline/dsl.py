@@ -155,6 +155,8 @@ class RunContext:
     staging: str
     progress: Callable[[str], None] = lambda _: None
     pipeline_name: str = ""
+    # map(fn, items): the module-level `fn` over `items`, in order, on the run's engine (here, or Ray workers)
+    map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] = lambda fn, items: [fn(i) for i in items]
     outputs: dict[str, Artifact] = dataclasses.field(default_factory=dict)
     stop_reason: str = ""
 

@@ -3,6 +3,7 @@ the Examples artifact's layout (`Split-<name>/data.parquet` or `Split-<name>/dat
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import os
@@ -124,13 +125,41 @@ def split_rows(table: pa.Table, ratios: Mapping[str, int], key: str = "") -> dic
     return out
 
 
-def write_split(uri: str, split: str, table: pa.Table, fmt: str) -> None:
+ROW_GROUP_ROWS = 262_144  # Parquet row groups: the units a cluster's workers read
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitJob:
+    """One input file of ExampleGen: read, split and written as part `index` of `count` of each split."""
+
+    path: str
+    index: int
+    count: int
+    out: str
+    ratios: dict[str, int]
+    key: str
+    fmt: str
+
+
+def split_file(job: SplitJob) -> dict[str, object]:
+    """Read one input file, split its rows, write `Split-<name>/data-<index>-of-<count>.<ext>`; its
+    row counts per split and columns. Splitting file by file and concatenating in file order gives
+    the rows, and their order, that splitting the concatenated files would."""
+    table = read_files([job.path])
+    parts = split_rows(table, job.ratios, job.key)
+    for split, part in parts.items():
+        write_split(job.out, split, part, job.fmt, f"data-{job.index:05d}-of-{job.count:05d}")
+    return {"rows": {k: t.num_rows for k, t in parts.items()}, "columns": table.schema.names,
+            "types": [str(t) for t in table.schema.types]}
+
+
+def write_split(uri: str, split: str, table: pa.Table, fmt: str, name: str = "data") -> None:
     folder = os.path.join(uri, f"Split-{split}")
     os.makedirs(folder, exist_ok=True)
     if fmt == "parquet":
-        pq.write_table(table, os.path.join(folder, "data.parquet"))
+        pq.write_table(table, os.path.join(folder, f"{name}.parquet"), row_group_size=ROW_GROUP_ROWS)
     else:
-        write_tfrecord(os.path.join(folder, "data.tfrecord"), table)
+        write_tfrecord(os.path.join(folder, f"{name}.tfrecord"), table)
 
 
 def write_tfrecord(path: str, table: pa.Table) -> None:
@@ -155,9 +184,31 @@ def write_tfrecord(path: str, table: pa.Table) -> None:
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
-def read_split(uri: str, split: str) -> pa.Table:
-    folder = os.path.join(uri, f"Split-{split}")
-    files = sorted(glob.glob(os.path.join(folder, "data.*")))
+def split_files(uri: str, split: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(uri, f"Split-{split}", "data*.*")))
     if not files:
         raise PipelineError(f"the examples at {uri} have no split '{split}'")
-    return read_files(files)
+    return files
+
+
+def read_split(uri: str, split: str) -> pa.Table:
+    return read_files(split_files(uri, split))
+
+
+Unit = tuple[str, int]  # (file, Parquet row group); -1: the whole file (TFRecord)
+
+
+def units(uri: str, split: str) -> list[Unit]:
+    """The pieces of a split that can be read on their own, in order: its files' row groups."""
+    out: list[Unit] = []
+    for path in split_files(uri, split):
+        if path.endswith(".parquet"):
+            out.extend((path, g) for g in range(pq.ParquetFile(path).num_row_groups))
+        else:
+            out.append((path, -1))
+    return out
+
+
+def read_unit(unit: Unit) -> pa.Table:
+    path, group = unit
+    return pq.ParquetFile(path).read_row_group(group) if group >= 0 else read_files([path])

@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tfprod.pipeline.dsl import Component, Pipeline, PipelineError, RunContext, params_json
@@ -58,14 +58,53 @@ def cache_key(component: Component, params: dict[str, Any], code_version: str, i
     return digest.hexdigest()
 
 
-def run(pipeline: Pipeline, *, use_cache: bool = True, progress: Callable[[str, str], None] | None = None
-        ) -> RunResult:
+class Engine:
+    """Where a step's data-parallel work runs: `map(fn, items)` calls the module-level `fn` on each
+    item and returns the results in order. This one runs them here, one after another."""
+
+    name = "in-process"
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return [fn(item) for item in items]
+
+    def close(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class Run:
+    """What the steps of one run share: its store, its contexts, its engine."""
+
+    pipeline: Pipeline
+    store: MetadataStore
+    run_id: str
+    pipeline_ctx: int
+    contexts: list[int]
+    engine: Engine
+    use_cache: bool = True
+    say: Callable[[str, str], None] = lambda _c, _m: None
+
+
+def run(pipeline: Pipeline, *, use_cache: bool = True, progress: Callable[[str, str], None] | None = None,
+        engine: Engine | None = None) -> RunResult:
     """Run `pipeline` once. `progress(component, message)` is told what happens."""
-    say = progress or (lambda _c, _m: None)
     os.makedirs(pipeline.root, exist_ok=True)
     store = MetadataStore(pipeline.store_url())
     try:
-        result = _run(pipeline, store, use_cache, say)
+        started = datetime.datetime.now(datetime.UTC)
+        current = open_run(pipeline, store, f"{pipeline.name}-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+                           engine or Engine(), use_cache, progress)
+        result = RunResult(current.run_id, [])
+        produced: dict[tuple[int, str], Artifact] = {}
+        for component in pipeline.ordered():
+            inputs = {name: [produced[(id(ch.producer), ch.key)]] for name, ch in component.inputs.items()}
+            step_result = step(current, component, inputs)
+            result.steps.append(step_result)
+            for key, artifact in step_result.outputs.items():
+                produced[(id(component), key)] = artifact
+            if step_result.message and step_result.state in ("STOPPED", "CACHED"):
+                result.stopped = f"{component.id}: {step_result.message}"
+                break
         from tfprod.pipeline import report
 
         result.report = report.write(result, pipeline.root, store)
@@ -74,77 +113,69 @@ def run(pipeline: Pipeline, *, use_cache: bool = True, progress: Callable[[str, 
         store.close()
 
 
-def _run(pipeline: Pipeline, store: MetadataStore, use_cache: bool, say: Callable[[str, str], None]) -> RunResult:
-    started = datetime.datetime.now(datetime.UTC)
-    run_id = f"{pipeline.name}-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+def open_run(pipeline: Pipeline, store: MetadataStore, run_id: str, engine: Engine, use_cache: bool = True,
+             progress: Callable[[str, str], None] | None = None) -> Run:
+    """The run `run_id` of `pipeline` (its contexts created by the first step that asks)."""
     pipeline_ctx = store.context("pipeline", pipeline.name)
-    run_ctx = store.context("pipeline_run", run_id, {"pipeline": pipeline.name, "started_at": started.isoformat()})
-    contexts = [pipeline_ctx, run_ctx]
-    produced: dict[tuple[int, str], Artifact] = {}
-    result = RunResult(run_id, [])
-    for component in pipeline.ordered():
-        inputs = {name: [produced[(id(ch.producer), ch.key)]] for name, ch in component.inputs.items()}
-        try:  # once per step: ExampleGen's parameters hash its input files, the code version hashes code
-            params, code_version = component.describe_params(), component.code_version()
-            key = cache_key(component, params, code_version, inputs, pipeline.name,
-                            component.cache_context(store, pipeline_ctx, inputs))
-        except Exception as e:  # its inputs cannot even be found (no files for the pattern, no module file...)
-            if not isinstance(e, PipelineError):
-                e = PipelineError(f"{type(e).__name__}: {e}")
-            result.steps.append(StepResult(component.id, "FAILED", 0, {}, 0.0, str(e)))
-            say(component.id, f"failed: {e}")
-            raise PipelineError(f"{component.id} failed: {e}") from None
-        clock = datetime.datetime.now(datetime.UTC)
-        hit = store.cached(key) if use_cache else None
-        if hit is not None and all(os.path.exists(a.uri) for arts in hit[1].values() for a in arts):
-            execution = store.start_execution(type(component).__name__, component.id, key, contexts, inputs,
-                                              {"params": params, "run_id": run_id, "cached_from": hit[0].id})
-            store.finish_execution(execution, "CACHED", hit[1], contexts)
-            outputs = {k: v[0] for k, v in hit[1].items()}
-            _remember(produced, component, outputs)
-            result.steps.append(StepResult(component.id, "CACHED", execution, outputs, 0.0))
-            say(component.id, f"cached (execution {hit[0].id})")
-            if hit[0].properties.get("stop_reason"):  # it stopped the run then: it does now
-                result.stopped = f"{component.id}: {hit[0].properties['stop_reason']}"
-                return result
-            continue
-        execution = store.start_execution(type(component).__name__, component.id, key, contexts, inputs,
-                                          {"params": params, "run_id": run_id, "code_version": code_version})
-        staging = os.path.join(pipeline.root, ".staging", str(execution))
-        os.makedirs(staging, exist_ok=True)
-        ctx = RunContext(component, inputs, store, pipeline_ctx, run_id, staging,
-                         functools.partial(say, component.id), pipeline.name)
-        say(component.id, "running")
-        published: list[str] = []
-        try:
-            component.run(ctx)
-            outputs = _publish(pipeline.root, component, execution, ctx, published)
-            store.finish_execution(execution, "COMPLETE", {k: [a] for k, a in outputs.items()}, contexts,
-                                   {"stop_reason": ctx.stop_reason} if ctx.stop_reason else None)
-        except Exception as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            for path in published:  # what was renamed in before the failure goes too: nothing half-published
-                shutil.rmtree(path, ignore_errors=True)
-            message = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-            try:
-                store.finish_execution(execution, "FAILED", {}, contexts, {"error": message})
-            except Exception:  # the store itself failed: the run's outcome is the original error
-                pass
-            seconds = (datetime.datetime.now(datetime.UTC) - clock).total_seconds()
-            result.steps.append(StepResult(component.id, "FAILED", execution, {}, seconds, message))
-            say(component.id, f"failed: {message}")
-            raise PipelineError(f"{component.id} failed: {message}") from (None if isinstance(e, PipelineError) else e)
+    run_ctx = store.context("pipeline_run", run_id, {"pipeline": pipeline.name,
+                                                     "started_at": datetime.datetime.now(datetime.UTC).isoformat()})
+    return Run(pipeline, store, run_id, pipeline_ctx, [pipeline_ctx, run_ctx], engine, use_cache,
+               progress or (lambda _c, _m: None))
+
+
+def step(run: Run, component: Component, inputs: dict[str, list[Artifact]]) -> StepResult:
+    """Run (or take from the cache) one component of `run`. A CACHED or STOPPED result with a
+    message stops the run; a failure raises PipelineError after the execution is recorded FAILED."""
+    store, say, root = run.store, run.say, run.pipeline.root
+    try:  # once per step: ExampleGen's parameters hash its input files, the code version hashes code
+        params, code_version = component.describe_params(), component.code_version()
+        key = cache_key(component, params, code_version, inputs, run.pipeline.name,
+                        component.cache_context(store, run.pipeline_ctx, inputs))
+    except Exception as e:  # its inputs cannot even be found (no files for the pattern, no module file...)
+        if not isinstance(e, PipelineError):
+            e = PipelineError(f"{type(e).__name__}: {e}")
+        say(component.id, f"failed: {e}")
+        raise PipelineError(f"{component.id} failed: {e}") from None
+    clock = datetime.datetime.now(datetime.UTC)
+    hit = store.cached(key) if run.use_cache else None
+    if hit is not None and all(os.path.exists(a.uri) for arts in hit[1].values() for a in arts):
+        execution = store.start_execution(type(component).__name__, component.id, key, run.contexts, inputs,
+                                          {"params": params, "run_id": run.run_id, "cached_from": hit[0].id})
+        store.finish_execution(execution, "CACHED", hit[1], run.contexts)
+        say(component.id, f"cached (execution {hit[0].id})")
+        # a step that stopped the run then stops it now
+        return StepResult(component.id, "CACHED", execution, {k: v[0] for k, v in hit[1].items()}, 0.0,
+                          hit[0].properties.get("stop_reason", ""))
+    execution = store.start_execution(type(component).__name__, component.id, key, run.contexts, inputs,
+                                      {"params": params, "run_id": run.run_id, "code_version": code_version,
+                                       "engine": run.engine.name})
+    staging = os.path.join(root, ".staging", str(execution))
+    os.makedirs(staging, exist_ok=True)
+    ctx = RunContext(component, inputs, store, run.pipeline_ctx, run.run_id, staging,
+                     functools.partial(say, component.id), run.pipeline.name, run.engine.map)
+    say(component.id, "running")
+    published: list[str] = []
+    try:
+        component.run(ctx)
+        outputs = _publish(root, component, execution, ctx, published)
+        store.finish_execution(execution, "COMPLETE", {k: [a] for k, a in outputs.items()}, run.contexts,
+                               {"stop_reason": ctx.stop_reason} if ctx.stop_reason else None)
+    except Exception as e:
         shutil.rmtree(staging, ignore_errors=True)
-        _remember(produced, component, outputs)
-        seconds = (datetime.datetime.now(datetime.UTC) - clock).total_seconds()
-        state = "STOPPED" if ctx.stop_reason else "COMPLETE"
-        result.steps.append(StepResult(component.id, state, execution, outputs, seconds, ctx.stop_reason))
-        say(component.id, f"done in {seconds:.1f} s" + (f"; stops the run: {ctx.stop_reason}" if ctx.stop_reason
-                                                         else ""))
-        if ctx.stop_reason:
-            result.stopped = f"{component.id}: {ctx.stop_reason}"
-            return result
-    return result
+        for path in published:  # what was renamed in before the failure goes too: nothing half-published
+            shutil.rmtree(path, ignore_errors=True)
+        message = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+        try:
+            store.finish_execution(execution, "FAILED", {}, run.contexts, {"error": message})
+        except Exception:  # the store itself failed: the run's outcome is the original error
+            pass
+        say(component.id, f"failed: {message}")
+        raise PipelineError(f"{component.id} failed: {message}") from (None if isinstance(e, PipelineError) else e)
+    shutil.rmtree(staging, ignore_errors=True)
+    seconds = (datetime.datetime.now(datetime.UTC) - clock).total_seconds()
+    say(component.id, f"done in {seconds:.1f} s" + (f"; stops the run: {ctx.stop_reason}" if ctx.stop_reason else ""))
+    return StepResult(component.id, "STOPPED" if ctx.stop_reason else "COMPLETE", execution, outputs, seconds,
+                      ctx.stop_reason)
 
 
 def _publish(root: str, component: Component, execution: int, ctx: RunContext, done: list[str]
@@ -162,9 +193,3 @@ def _publish(root: str, component: Component, execution: int, ctx: RunContext, d
         done.append(final)
         published[key] = dataclasses.replace(artifact, uri=final)
     return published
-
-
-def _remember(produced: dict[tuple[int, str], Artifact], component: Component, outputs: dict[str, Artifact]) -> None:
-    for key, artifact in outputs.items():
-        produced[(id(component), key)] = artifact
-

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -168,6 +168,44 @@ def compute(table: pa.Table, name: str = "", rows: int = BATCH_ROWS) -> statisti
     for batch in batches(table, rows):
         counts = merge_counts(counts, second_pass(batch, ranges))
     return to_proto(name, table.num_rows, partials, counts, list(table.schema.names))
+
+
+def unit_first_pass(unit: Any) -> tuple[int, Partials]:
+    """Rows and merged first-pass partials of one piece of a split (`examples.Unit`)."""
+    from tfprod.pipeline import examples
+
+    table = examples.read_unit(unit)
+    partials: Partials = {}
+    for batch in batches(table):
+        partials = merge(partials, first_pass(batch))
+    return table.num_rows, partials
+
+
+def unit_second_pass(job: tuple[Any, dict[str, tuple[float, float]]]) -> dict[str, np.ndarray]:
+    from tfprod.pipeline import examples
+
+    unit, ranges = job
+    counts: dict[str, np.ndarray] = {}
+    for batch in batches(examples.read_unit(unit)):
+        counts = merge_counts(counts, second_pass(batch, ranges))
+    return counts
+
+
+def compute_units(units: Sequence[Any], name: str, map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+                  ) -> statistics_pb2.DatasetFeatureStatistics:
+    """Both passes over the pieces of a split, each piece's partial computed by `map` (here or on a
+    cluster's workers) and merged here in the pieces' order: the same answer on every engine."""
+    first = map(unit_first_pass, list(units))
+    rows, partials, order = 0, dict[str, Partial](), list[str]()
+    for n, p in first:
+        rows += n
+        partials = merge(partials, p)
+        order += [c for c in p if c not in order]
+    ranges = {n: (p.low, p.high) for n, p in partials.items() if isinstance(p, NumericPartial) and p.count > p.nan}
+    counts: dict[str, np.ndarray] = {}
+    for c in map(unit_second_pass, [(u, ranges) for u in units]):
+        counts = merge_counts(counts, c)
+    return to_proto(name, rows, partials, counts, order)
 
 
 def to_proto(name: str, num_examples: int, partials: Partials, counts: dict[str, np.ndarray],

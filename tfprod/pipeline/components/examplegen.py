@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from tfprod.pipeline import examples as ex
@@ -42,14 +43,19 @@ class ExampleGen(Component):
 
     def run(self, ctx: RunContext) -> None:
         p = self.params
-        span, files, _ = getattr(self, "_resolved", None) or (*self._files(), "")
+        span, files, digest = getattr(self, "_resolved", None) or (*self._files(), "")
         ctx.progress(f"reading span {span}: {len(files)} file(s)")
-        table = ex.read_files(files)
-        if table.num_rows == 0:
+        out = ctx.output("examples")
+        jobs = [ex.SplitJob(os.path.abspath(f), i, len(files), os.path.abspath(out.uri), p["splits"], p["split_key"],
+                            p["output_format"]) for i, f in enumerate(files)]
+        parts = ctx.map(ex.split_file, jobs)
+        columns = parts[0]["columns"]
+        for f, part in zip(files, parts, strict=True):
+            if part["columns"] != columns:
+                raise PipelineError(f"the input files have different columns: {files[0]} has {columns}, {f} has "
+                                    f"{part['columns']}")
+        rows = {k: sum(part["rows"][k] for part in parts) for k in p["splits"]}
+        if not sum(rows.values()):
             raise PipelineError(f"span {span} has no rows ({', '.join(files)})")
-        parts = ex.split_rows(table, p["splits"], p["split_key"])
-        out = ctx.output("examples", span=span, fingerprint=ex.fingerprint(files), files=files,
-                         splits=list(parts), format=p["output_format"], columns=table.schema.names,
-                         rows={k: t.num_rows for k, t in parts.items()})
-        for name, part in parts.items():
-            ex.write_split(out.uri, name, part, p["output_format"])
+        ctx.output("examples", span=span, fingerprint=digest or ex.fingerprint(files), files=files,
+                   splits=list(p["splits"]), format=p["output_format"], columns=columns, rows=rows)

@@ -23,8 +23,7 @@ class StatisticsGen(Component):
                          fingerprint=examples.properties.get("fingerprint"))
         for split in examples.properties["splits"]:
             ctx.progress(f"statistics of {split}")
-            table = ex.read_split(examples.uri, split)
-            ds = stats.compute(table, name=split)
+            ds = stats.compute_units(ex.units(examples.uri, split), split, ctx.map)
             folder = os.path.join(out.uri, f"Split-{split}")
             os.makedirs(folder)
             with open(os.path.join(folder, STATS_FILE), "wb") as f:
