@@ -1,4 +1,5 @@
-"""`tfprod pipeline run PIPELINE.py [--no_cache] [--set NAME=VALUE ...] [--runner local|ray]`.
+"""`tfprod pipeline run PIPELINE.py [--no_cache] [--set NAME=VALUE ...] [--runner local|ray]`,
+`tfprod pipeline compile PIPELINE.py --to kfp|airflow OUT`, `tfprod pipeline step PIPELINE.py COMPONENT --run_id RUN`.
 
 PIPELINE.py declares a `pipeline` (a `tfprod.pipeline.Pipeline`) or a `create_pipeline(**args)`
 function; `--set` passes its keyword arguments (strings). Exit status: 0 when the run went to its
@@ -12,6 +13,7 @@ import os
 import runpy
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tfprod.pipeline.dsl import Pipeline, PipelineError
 
@@ -51,6 +53,32 @@ def main(argv: Sequence[str]) -> int:
                    help="the Ray cluster to use (default: a new local one; 'auto': the one started on this machine)")
     r.add_argument("--ray_max_retries", type=int, default=0, metavar="N",
                    help="times Ray runs a task again when its worker dies (default 0: the step fails)")
+    c = sub.add_parser("compile", help="write the pipeline for an orchestrator: a Kubeflow Pipelines v2 spec or an "
+                       "Airflow DAG file")
+    c.add_argument("file")
+    c.add_argument("--to", choices=("kfp", "airflow"), required=True)
+    c.add_argument("output", help="the file to write (kfp: .yaml, airflow: .py in the DAG folder)")
+    c.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="an argument of create_pipeline(), passed to every step")
+    c.add_argument("--pipeline_file", default="", metavar="PATH",
+                   help="the pipeline file's path where the steps run (in the image; default: its absolute path here)")
+    c.add_argument("--image", default="", help="kfp: the tfprod image the steps run in (default tfprod:latest)")
+    c.add_argument("--metadata_url", default="", help="the metadata store every step uses (default: the pipeline's)")
+    c.add_argument("--schedule", default=None, help="airflow: the DAG's schedule (cron or @daily; default: none)")
+    c.add_argument("--tfprod", default="tfprod", help="airflow: the tfprod command on the workers")
+    s = sub.add_parser("step", help="run one component as a step of an orchestrated run (what a KFP or Airflow task "
+                       "runs); prints its handoff (JSON) last")
+    s.add_argument("file")
+    s.add_argument("component")
+    s.add_argument("--run_id", required=True, help="the same for every step of one run")
+    s.add_argument("--upstream", action="append", default=[], metavar="HANDOFF",
+                   help="the handoff an upstream step printed (default: its outputs in this run, from the store)")
+    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="an argument of create_pipeline()")
+    s.add_argument("--metadata_url", default="", help="the metadata store (default: the pipeline's)")
+    s.add_argument("--no_cache", action="store_true")
+    s.add_argument("--stop_exit_code", type=int, default=0, metavar="N",
+                   help="the exit status when this step stops the run or is skipped (Airflow skips on 99)")
     args = p.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -70,6 +98,10 @@ def main(argv: Sequence[str]) -> int:
     except (PipelineError, TypeError, ValueError) as e:
         print(f"tfprod pipeline: error: {e}", file=sys.stderr)
         return 2
+    if args.command == "compile":
+        return _compile(args, pipeline, overrides)
+    if args.command == "step":
+        return _step(args, pipeline, console)
     marks = {"running": "[cyan]…[/cyan]", "cached": "[blue]=[/blue]", "done": "[green]✓[/green]",
              "failed": "[red]✗[/red]"}
 
@@ -103,3 +135,47 @@ def main(argv: Sequence[str]) -> int:
     console.print(f"[green]run {result.run_id} complete[/green] ({len(result.steps)} components); report: "
                   f"{result.report}", highlight=False)
     return 0
+
+
+def _compile(args: argparse.Namespace, pipeline: Pipeline, overrides: dict[str, str]) -> int:
+    file = args.pipeline_file or os.path.abspath(args.file)
+    try:
+        if args.to == "kfp":
+            from tfprod.pipeline.engines import kfp
+
+            if args.metadata_url:
+                pipeline.metadata_url = args.metadata_url
+            kfp.compile_pipeline(pipeline, file, args.output, image=args.image or kfp.DEFAULT_IMAGE,
+                                 settings=overrides)
+        else:
+            from tfprod.pipeline.engines import airflow
+
+            airflow.write_dag(pipeline, file, args.output, settings=overrides, schedule=args.schedule,
+                              tfprod=args.tfprod, metadata_url=args.metadata_url)
+    except (PipelineError, OSError) as e:
+        print(f"tfprod pipeline: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} ({args.to}, {len(pipeline.components)} components)")
+    return 0
+
+
+def _step(args: argparse.Namespace, pipeline: Pipeline, console: Any) -> int:
+    import json
+
+    import sqlalchemy
+
+    from tfprod.pipeline.engines.step import run_step
+
+    if args.metadata_url:
+        pipeline.metadata_url = args.metadata_url
+    try:
+        handoff = run_step(pipeline, args.component, args.run_id, args.upstream, use_cache=not args.no_cache,
+                           progress=lambda c, m: console.print(f"[bold]{c}[/bold] {m}", highlight=False))
+    except PipelineError as e:
+        console.print(f"[red]step failed[/red]: {e}; nothing of it was published", highlight=False)
+        return 1
+    except (OSError, sqlalchemy.exc.SQLAlchemyError) as e:
+        console.print(f"[red]step failed[/red]: {type(e).__name__}: {str(e).splitlines()[0][:300]}", highlight=False)
+        return 1
+    print(json.dumps(handoff), flush=True)
+    return args.stop_exit_code if handoff["stopped"] else 0

@@ -141,11 +141,11 @@ def step(run: Run, component: Component, inputs: dict[str, list[Artifact]]) -> S
     if hit is not None and all(os.path.exists(a.uri) for arts in hit[1].values() for a in arts):
         execution = store.start_execution(type(component).__name__, component.id, key, run.contexts, inputs,
                                           {"params": params, "run_id": run.run_id, "cached_from": hit[0].id})
-        store.finish_execution(execution, "CACHED", hit[1], run.contexts)
+        stop_reason = hit[0].properties.get("stop_reason", "")  # a step that stopped the run then stops it now
+        store.finish_execution(execution, "CACHED", hit[1], run.contexts,
+                               {"stop_reason": stop_reason} if stop_reason else None)
         say(component.id, f"cached (execution {hit[0].id})")
-        # a step that stopped the run then stops it now
-        return StepResult(component.id, "CACHED", execution, {k: v[0] for k, v in hit[1].items()}, 0.0,
-                          hit[0].properties.get("stop_reason", ""))
+        return StepResult(component.id, "CACHED", execution, {k: v[0] for k, v in hit[1].items()}, 0.0, stop_reason)
     execution = store.start_execution(type(component).__name__, component.id, key, run.contexts, inputs,
                                       {"params": params, "run_id": run.run_id, "code_version": code_version,
                                        "engine": run.engine.name})

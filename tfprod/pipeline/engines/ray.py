@@ -50,7 +50,9 @@ class RayEngine(Engine):
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         ray = self._ray
-        refs = [self._remote.remote(fn, item) for item in items]
+        name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "task")
+        task = self._remote.options(name=name)  # what the cluster's task list shows
+        refs = [task.remote(fn, item) for item in items]
         try:
             return list(ray.get(refs))
         except ray.exceptions.RayTaskError as e:  # the function raised: the step fails with its own error
@@ -58,7 +60,6 @@ class RayEngine(Engine):
             raise e.cause if isinstance(e.cause, Exception) else PipelineError(str(e)) from None
         except ray.exceptions.RayError as e:  # a worker or node died, an object was lost
             self._cancel(refs)
-            name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", repr(fn))
             first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise PipelineError(f"a Ray worker running {name} died ({type(e).__name__}: {first[:300]}); "
                                 "nothing of the step is published") from None
