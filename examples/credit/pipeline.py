@@ -1,8 +1,9 @@
 """The credit pipeline: `tfprod pipeline run examples/credit/pipeline.py --set span=1`.
 
 Arguments (all strings, from --set): span (default: the latest), data (the spans' folder),
-root (artifacts and the metadata store), serving (the base path a tfprod serve watches),
-min_auc (the value threshold)."""
+root (artifacts and the metadata store; a local folder or s3://bucket/prefix), metadata (the
+store's database URL; default: sqlite in the root, required for an s3:// root), serving (the base
+path a tfprod serve watches), min_auc (the value threshold)."""
 
 import os
 
@@ -22,7 +23,8 @@ from tfprod.pipeline import (
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def create_pipeline(span="", data="credit-data", root="credit-pipeline", serving="models/credit", min_auc="0.95"):
+def create_pipeline(span="", data="credit-data", root="credit-pipeline", serving="models/credit", min_auc="0.95",
+                    metadata=""):
     examples = ExampleGen(input_base=data, pattern="span-{SPAN}.csv", span=int(span) if span else None)
     statistics = StatisticsGen(examples=examples.outputs["examples"])
     schema = SchemaGen(statistics=statistics.outputs["statistics"], drift_threshold=0.25)
@@ -40,5 +42,5 @@ def create_pipeline(span="", data="credit-data", root="credit-pipeline", serving
     pusher = Pusher(model=trainer.outputs["model"], blessing=evaluator.outputs["blessing"],
                     infra_blessing=infra.outputs["infra_blessing"], push_destination=serving)
     # components run in this order (each after its inputs): a validator that stops the run stops it before training
-    return Pipeline("credit", root=root, components=[examples, statistics, schema, validator, transform, trainer,
-                                                      evaluator, infra, pusher])
+    return Pipeline("credit", root=root, metadata_url=metadata,
+                    components=[examples, statistics, schema, validator, transform, trainer, evaluator, infra, pusher])

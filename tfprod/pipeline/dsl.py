@@ -142,6 +142,9 @@ class Pipeline:
         return done
 
     def store_url(self) -> str:
+        if not self.metadata_url and "://" in self.root:
+            raise PipelineError(f"the root {self.root} is in object storage: pass metadata_url (a database URL, "
+                                "e.g. postgresql://... or sqlite:///metadata.sqlite) to Pipeline")
         return self.metadata_url or f"sqlite:///{os.path.abspath(os.path.join(self.root, 'metadata.sqlite'))}"
 
 
@@ -157,6 +160,8 @@ class RunContext:
     pipeline_name: str = ""
     # map(fn, items): the module-level `fn` over `items`, in order, on the run's engine (here, or Ray workers)
     map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] = lambda fn, items: [fn(i) for i in items]
+    # shared(key): where outputs its workers write go (the final URI on an object-storage root)
+    shared: Callable[[str], str] | None = None
     outputs: dict[str, Artifact] = dataclasses.field(default_factory=dict)
     stop_reason: str = ""
 
@@ -164,11 +169,16 @@ class RunContext:
         found = self.inputs.get(name) or []
         return found[0] if found else None
 
-    def output(self, key: str, **properties: Any) -> Artifact:
-        """The artifact for output `key`: write its files under `.uri` (a staging directory)."""
+    def output(self, key: str, shared: bool = False, **properties: Any) -> Artifact:
+        """The artifact for output `key`: write its files under `.uri`, a local staging directory,
+        or with `shared=True` a URI the run's workers can write too (object storage, when the
+        root is there: write through `tfprod.pipeline.storage`)."""
         if key not in self.component.OUTPUTS:
             raise KeyError(f"{self.component.id} has no output {key!r}")
         if key not in self.outputs:
+            if shared and self.shared is not None:
+                self.outputs[key] = Artifact(self.component.OUTPUTS[key], self.shared(key), dict(properties))
+                return self.outputs[key]
             uri = os.path.join(self.staging, key)
             os.makedirs(uri, exist_ok=True)
             self.outputs[key] = Artifact(self.component.OUTPUTS[key], uri, dict(properties))

@@ -4,10 +4,11 @@ the Examples artifact's layout (`Split-<name>/data.parquet` or `Split-<name>/dat
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import os
+import posixpath
 import re
+import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tfprod.pipeline import storage
 from tfprod.pipeline.dsl import PipelineError
 
 FORMATS = ("parquet", "tfrecord")
@@ -26,12 +28,12 @@ def spans(input_base: str, pattern: str) -> dict[int, list[str]]:
     """{span: files} for a `pattern` relative to `input_base` with a `{SPAN}` part (digits); a
     pattern without it is span 0."""
     if "{SPAN}" not in pattern:
-        files = sorted(glob.glob(os.path.join(input_base, pattern)))
+        files = storage.glob(os.path.join(input_base, pattern))
         return {0: files} if files else {}
     regex = re.compile(re.escape(os.path.join(input_base, pattern)).replace(re.escape("{SPAN}"), r"(\d+)")
                        .replace(r"\*", r"[^/]*"))
     found: dict[int, list[str]] = {}
-    for path in sorted(glob.glob(os.path.join(input_base, pattern.replace("{SPAN}", "*")))):
+    for path in storage.glob(os.path.join(input_base, pattern.replace("{SPAN}", "*"))):
         m = regex.fullmatch(path)
         if m:
             found.setdefault(int(m.group(1)), []).append(path)
@@ -41,14 +43,18 @@ def spans(input_base: str, pattern: str) -> dict[int, list[str]]:
 def fingerprint(files: Sequence[str]) -> str:
     """sha256 over the files' names (relative to their common folder) and contents."""
     digest = hashlib.sha256()
-    base = os.path.commonpath([os.path.abspath(f) for f in files]) if len(files) > 1 else os.path.dirname(
-        os.path.abspath(files[0]))
-    for path in sorted(files):
-        digest.update(os.path.relpath(os.path.abspath(path), base).encode() + b"\0")
-        with open(path, "rb") as f:
+    paths = [absolute(f).split("://", 1)[-1] for f in files]
+    base = posixpath.commonpath(paths) if len(paths) > 1 else posixpath.dirname(paths[0])
+    for path, name in sorted(zip(files, paths, strict=True)):
+        digest.update(posixpath.relpath(name, base).encode() + b"\0")
+        with storage.open_file(path) as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def absolute(path: str) -> str:
+    return path if storage.remote(path) else os.path.abspath(path)
 
 
 def read_files(files: Sequence[str]) -> pa.Table:
@@ -58,11 +64,13 @@ def read_files(files: Sequence[str]) -> pa.Table:
         try:
             if lower.endswith(".csv"):
                 # an empty cell is a missing value, for strings too (not "")
-                tables.append(pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True)))
+                with storage.open_file(path) as f:
+                    tables.append(pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(strings_can_be_null=True)))
             elif lower.endswith(".parquet"):
-                tables.append(pq.read_table(path))
+                with storage.open_file(path) as f:
+                    tables.append(pq.read_table(f))
             elif lower.endswith((".tfrecord", ".tfrecords", ".tfrecord.gz")):
-                tables.append(read_tfrecord(path))
+                tables.append(read_tfrecord(storage.localize(path)))
             else:
                 raise PipelineError(f"{path}: input files must be .csv, .parquet or .tfrecord")
         except (pa.ArrowInvalid, OSError, ValueError) as e:
@@ -154,7 +162,16 @@ def split_file(job: SplitJob) -> dict[str, object]:
 
 
 def write_split(uri: str, split: str, table: pa.Table, fmt: str, name: str = "data") -> None:
-    folder = os.path.join(uri, f"Split-{split}")
+    folder = storage.join(uri, f"Split-{split}")
+    if storage.remote(uri):
+        if fmt == "parquet":
+            with storage.open_file(storage.join(folder, f"{name}.parquet"), "wb") as f:
+                pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS)
+            return
+        with tempfile.TemporaryDirectory() as local:  # TensorFlow writes TFRecords to local files
+            write_tfrecord(os.path.join(local, "part.tfrecord"), table)
+            storage.fs_of(uri).put_file(os.path.join(local, "part.tfrecord"), storage.join(folder, f"{name}.tfrecord"))
+        return
     os.makedirs(folder, exist_ok=True)
     if fmt == "parquet":
         pq.write_table(table, os.path.join(folder, f"{name}.parquet"), row_group_size=ROW_GROUP_ROWS)
@@ -185,7 +202,7 @@ def write_tfrecord(path: str, table: pa.Table) -> None:
 
 
 def split_files(uri: str, split: str) -> list[str]:
-    files = sorted(glob.glob(os.path.join(uri, f"Split-{split}", "data*.*")))
+    files = storage.glob(storage.join(uri, f"Split-{split}", "data*.*"))
     if not files:
         raise PipelineError(f"the examples at {uri} have no split '{split}'")
     return files
@@ -203,7 +220,8 @@ def units(uri: str, split: str) -> list[Unit]:
     out: list[Unit] = []
     for path in split_files(uri, split):
         if path.endswith(".parquet"):
-            out.extend((path, g) for g in range(pq.ParquetFile(path).num_row_groups))
+            with storage.open_file(path) as f:
+                out.extend((path, g) for g in range(pq.ParquetFile(f).num_row_groups))
         else:
             out.append((path, -1))
     return out
@@ -211,4 +229,7 @@ def units(uri: str, split: str) -> list[Unit]:
 
 def read_unit(unit: Unit) -> pa.Table:
     path, group = unit
-    return pq.ParquetFile(path).read_row_group(group) if group >= 0 else read_files([path])
+    if group < 0:
+        return read_files([path])
+    with storage.open_file(path) as f:
+        return pq.ParquetFile(f).read_row_group(group)

@@ -9,6 +9,7 @@ import math
 import os
 from typing import Any
 
+from tfprod.pipeline import storage
 from tfprod.pipeline.components import statisticsgen
 from tfprod.pipeline.runner import RunResult, StepResult
 from tfprod.pipeline.store import MetadataStore
@@ -25,7 +26,9 @@ def write(result: RunResult, root: str, store: MetadataStore) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
-    folder = os.path.join(root, "reports", result.run_id)
+    # on an object-storage root the report is written here (./tfprod-reports/RUN) and uploaded beside the artifacts
+    folder = os.path.join("tfprod-reports", result.run_id) if storage.remote(root) else os.path.join(
+        root, "reports", result.run_id)
     os.makedirs(folder, exist_ok=True)
     lines = [f"# Run {result.run_id}", "", "| component | state | seconds | note |", "|---|---|---|---|"]
     for s in result.steps:
@@ -55,8 +58,8 @@ def write(result: RunResult, root: str, store: MetadataStore) -> str:
         lines += ["", "## Anomalies", ""] + ([f"- {split}: {a}" for split, items in found.items() for a in items]
                                               or ["None."])
     evaluation = next((s.outputs["evaluation"] for s in result.steps if "evaluation" in s.outputs), None)
-    if evaluation is not None and os.path.isfile(os.path.join(evaluation.uri, "evaluation.json")):
-        with open(os.path.join(evaluation.uri, "evaluation.json")) as f:
+    if evaluation is not None and os.path.isfile(os.path.join(storage.localize(evaluation.uri), "evaluation.json")):
+        with open(os.path.join(storage.localize(evaluation.uri), "evaluation.json")) as f:
             doc = json.load(f)
         _evaluation(doc, os.path.join(folder, "evaluation.png"))
         lines += ["", "## Evaluation", "", f"Blessed: **{doc['blessed']}**" + (
@@ -71,6 +74,8 @@ def write(result: RunResult, root: str, store: MetadataStore) -> str:
     path = os.path.join(folder, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+    if storage.remote(root):
+        storage.upload(folder, storage.join(root, "reports", result.run_id))
     return path
 
 

@@ -5,7 +5,9 @@ input artifacts. When a complete execution with that key exists and its artifact
 disk, the step is not run: a CACHED execution points at the same artifacts. Otherwise the step
 runs into `ROOT/.staging/EXECUTION/`, and only when it returns are its outputs renamed to
 `ROOT/COMPONENT/OUTPUT/EXECUTION/` and recorded; a step that raises is recorded FAILED, its
-staging removed, and the run stops.
+staging removed, and the run stops. On an object-storage root (`s3://`) the staging is local and
+publishing uploads it; outputs its workers write (`ctx.output(key, shared=True)`) go straight to
+their final URI, which counts as published only once the store records it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tfprod.pipeline import storage
 from tfprod.pipeline.dsl import Component, Pipeline, PipelineError, RunContext, params_json
 from tfprod.pipeline.store import Artifact, MetadataStore, by_ids
 
@@ -88,7 +91,8 @@ class Run:
 def run(pipeline: Pipeline, *, use_cache: bool = True, progress: Callable[[str, str], None] | None = None,
         engine: Engine | None = None) -> RunResult:
     """Run `pipeline` once. `progress(component, message)` is told what happens."""
-    os.makedirs(pipeline.root, exist_ok=True)
+    if not storage.remote(pipeline.root):
+        os.makedirs(pipeline.root, exist_ok=True)
     store = MetadataStore(pipeline.store_url())
     try:
         started = datetime.datetime.now(datetime.UTC)
@@ -138,7 +142,7 @@ def step(run: Run, component: Component, inputs: dict[str, list[Artifact]]) -> S
         raise PipelineError(f"{component.id} failed: {e}") from None
     clock = datetime.datetime.now(datetime.UTC)
     hit = store.cached(key) if run.use_cache else None
-    if hit is not None and all(os.path.exists(a.uri) for arts in hit[1].values() for a in arts):
+    if hit is not None and all(storage.exists(a.uri) for arts in hit[1].values() for a in arts):
         execution = store.start_execution(type(component).__name__, component.id, key, run.contexts, inputs,
                                           {"params": params, "run_id": run.run_id, "cached_from": hit[0].id})
         stop_reason = hit[0].properties.get("stop_reason", "")  # a step that stopped the run then stops it now
@@ -149,21 +153,29 @@ def step(run: Run, component: Component, inputs: dict[str, list[Artifact]]) -> S
     execution = store.start_execution(type(component).__name__, component.id, key, run.contexts, inputs,
                                       {"params": params, "run_id": run.run_id, "code_version": code_version,
                                        "engine": run.engine.name})
-    staging = os.path.join(root, ".staging", str(execution))
-    os.makedirs(staging, exist_ok=True)
+    staging = storage.staging_dir(root, execution)
+    finals: dict[str, str] = {}
+
+    def final(key: str) -> str:  # ROOT/COMPONENT/KEY/EXECUTION (a root whose store was replaced: made unique)
+        if key not in finals:
+            uri = storage.join(root if storage.remote(root) else os.path.abspath(root), component.id, key,
+                               str(execution))
+            finals[key] = storage.unique(uri) if storage.exists(uri) else uri
+        return finals[key]
     ctx = RunContext(component, inputs, store, run.pipeline_ctx, run.run_id, staging,
-                     functools.partial(say, component.id), run.pipeline.name, run.engine.map)
+                     functools.partial(say, component.id), run.pipeline.name, run.engine.map,
+                     shared=final if storage.remote(root) else None)
     say(component.id, "running")
     published: list[str] = []
     try:
         component.run(ctx)
-        outputs = _publish(root, component, execution, ctx, published)
+        outputs = _publish(root, component, ctx, final, published)
         store.finish_execution(execution, "COMPLETE", {k: [a] for k, a in outputs.items()}, run.contexts,
                                {"stop_reason": ctx.stop_reason} if ctx.stop_reason else None)
     except Exception as e:
         shutil.rmtree(staging, ignore_errors=True)
-        for path in published:  # what was renamed in before the failure goes too: nothing half-published
-            shutil.rmtree(path, ignore_errors=True)
+        for path in published + [a.uri for a in ctx.outputs.values() if storage.remote(a.uri)]:
+            storage.remove(path)  # what was renamed in or uploaded before the failure goes too
         message = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
         try:
             store.finish_execution(execution, "FAILED", {}, run.contexts, {"error": message})
@@ -178,18 +190,20 @@ def step(run: Run, component: Component, inputs: dict[str, list[Artifact]]) -> S
                       ctx.stop_reason)
 
 
-def _publish(root: str, component: Component, execution: int, ctx: RunContext, done: list[str]
+def _publish(root: str, component: Component, ctx: RunContext, final: Callable[[str], str], done: list[str]
              ) -> dict[str, Artifact]:
     missing = [k for k in component.OUTPUTS if k not in ctx.outputs]
     if missing:
         raise PipelineError(f"{component.id} returned without writing its output(s) {missing}")
     published = {}
     for key, artifact in ctx.outputs.items():
-        final = os.path.join(os.path.abspath(root), component.id, key, str(execution))
-        if os.path.exists(final):  # a root whose store was replaced: execution ids start again
-            final = f"{final}-{uuid.uuid4().hex[:8]}"
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.rename(artifact.uri, final)  # whole, or not at all
-        done.append(final)
-        published[key] = dataclasses.replace(artifact, uri=final)
+        uri = final(key)
+        if artifact.uri != uri:  # written where its workers could reach it: already in place
+            if storage.remote(uri):
+                storage.upload(artifact.uri, uri)
+            else:
+                os.makedirs(os.path.dirname(uri), exist_ok=True)
+                os.rename(artifact.uri, uri)  # whole, or not at all
+        done.append(uri)
+        published[key] = dataclasses.replace(artifact, uri=uri)
     return published

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from tfprod.pipeline import examples as ex
@@ -45,8 +44,8 @@ class ExampleGen(Component):
         p = self.params
         span, files, digest = getattr(self, "_resolved", None) or (*self._files(), "")
         ctx.progress(f"reading span {span}: {len(files)} file(s)")
-        out = ctx.output("examples")
-        jobs = [ex.SplitJob(os.path.abspath(f), i, len(files), os.path.abspath(out.uri), p["splits"], p["split_key"],
+        out = ctx.output("examples", shared=True)  # the workers write the parts
+        jobs = [ex.SplitJob(ex.absolute(f), i, len(files), ex.absolute(out.uri), p["splits"], p["split_key"],
                             p["output_format"]) for i, f in enumerate(files)]
         parts = ctx.map(ex.split_file, jobs)
         columns = parts[0]["columns"]

@@ -12,6 +12,7 @@ import tempfile
 from typing import Any
 
 from tfprod.format.audit import METADATA_FILE
+from tfprod.pipeline import storage
 from tfprod.pipeline.components import trainer
 from tfprod.pipeline.dsl import Component, PipelineError, RunContext
 
@@ -42,7 +43,7 @@ class Pusher(Component):
         try:
             target = os.path.join(staging, "model")
             shutil.copytree(trainer.saved_model_dir(model), target)
-            warmup = os.path.join(infra.uri, "assets.extra")
+            warmup = os.path.join(storage.localize(infra.uri), "assets.extra")
             if os.path.isdir(warmup):
                 shutil.copytree(warmup, os.path.join(target, "assets.extra"), dirs_exist_ok=True)
             pushed_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from tfprod.pipeline import validate
+from tfprod.pipeline import storage, validate
 from tfprod.pipeline.components import statisticsgen
 from tfprod.pipeline.dsl import Component, PipelineError, RunContext
 from tfprod.pipeline.store import Artifact
@@ -60,5 +60,5 @@ class SchemaGen(Component):
 
 
 def load(artifact: Artifact) -> schema_pb2.Schema:
-    with open(os.path.join(artifact.uri, SCHEMA_FILE)) as f:
+    with open(os.path.join(storage.localize(artifact.uri), SCHEMA_FILE)) as f:
         return text_format.Parse(f.read(), schema_pb2.Schema())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tfprod.pipeline import examples as ex
-from tfprod.pipeline import stats
+from tfprod.pipeline import stats, storage
 from tfprod.pipeline.dsl import Component, RunContext
 from tfprod.pipeline.store import Artifact
 
@@ -34,5 +34,5 @@ def load(artifact: Artifact, split: str):  # type: ignore[no-untyped-def]
     """The DatasetFeatureStatistics of `split` in a statistics artifact."""
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
-    with open(os.path.join(artifact.uri, f"Split-{split}", STATS_FILE), "rb") as f:
+    with open(os.path.join(storage.localize(artifact.uri), f"Split-{split}", STATS_FILE), "rb") as f:
         return statistics_pb2.DatasetFeatureStatisticsList.FromString(f.read()).datasets[0]

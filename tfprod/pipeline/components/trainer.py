@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tfprod.pipeline import examples as ex
+from tfprod.pipeline import storage
 from tfprod.pipeline.components import _user, transformc
 from tfprod.pipeline.dsl import Component, PipelineError, RunContext
 from tfprod.pipeline.store import Artifact
@@ -128,4 +129,4 @@ def _revision(module_file: str) -> str:
 
 
 def saved_model_dir(model: Artifact) -> str:
-    return os.path.join(model.uri, model.properties.get("saved_model", SAVED_MODEL))
+    return os.path.join(storage.localize(model.uri), model.properties.get("saved_model", SAVED_MODEL))

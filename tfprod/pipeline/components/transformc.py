@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tfprod.pipeline import examples as ex
+from tfprod.pipeline import storage
 from tfprod.pipeline import transform as tft
 from tfprod.pipeline.components import _user
 from tfprod.pipeline.dsl import Component, PipelineError, RunContext
@@ -87,4 +88,4 @@ class Transform(Component):
 def load(artifact: Artifact) -> Any:
     import tensorflow as tf
 
-    return tf.saved_model.load(os.path.join(artifact.uri, GRAPH_DIR))
+    return tf.saved_model.load(os.path.join(storage.localize(artifact.uri), GRAPH_DIR))
