@@ -113,6 +113,9 @@ class Pipeline:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise ValueError(f"pipeline name {self.name!r}: letters, digits, '.', '_' and '-' only")
+        if "://" in self.root and not self.metadata_url:
+            raise ValueError(f"the root {self.root} is in object storage: pass metadata_url (a database URL, e.g. "
+                             "postgresql://... or sqlite:///metadata.sqlite) to Pipeline")
         ids = [c.id for c in self.components]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -142,9 +145,6 @@ class Pipeline:
         return done
 
     def store_url(self) -> str:
-        if not self.metadata_url and "://" in self.root:
-            raise PipelineError(f"the root {self.root} is in object storage: pass metadata_url (a database URL, "
-                                "e.g. postgresql://... or sqlite:///metadata.sqlite) to Pipeline")
         return self.metadata_url or f"sqlite:///{os.path.abspath(os.path.join(self.root, 'metadata.sqlite'))}"
 
 

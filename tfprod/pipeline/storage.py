@@ -27,6 +27,9 @@ CACHE = os.environ.get("TFPROD_ARTIFACT_CACHE") or os.path.join(os.path.expandus
                                                                   "artifacts")
 
 
+EMPTY = ".empty"  # the one object of an artifact that has no files
+
+
 def remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
@@ -105,10 +108,14 @@ def localize(uri: str) -> str:
 def upload(local: str, uri: str) -> None:
     """Copy the local directory `local` to `uri`, file by file."""
     fs = fs_of(uri)
+    count = 0
     for folder, _, files in os.walk(local):
         for name in files:
             path = os.path.join(folder, name)
             fs.put_file(path, join(uri, *os.path.relpath(path, local).split(os.sep)))
+            count += 1
+    if not count:  # an object store has no empty folders: a marker keeps the artifact visible to exists()
+        fs.pipe_file(join(uri, EMPTY), b"")
 
 
 def copy(src: str, dst: str) -> None:

@@ -53,7 +53,7 @@ def write_dag(pipeline: Pipeline, pipeline_file: str, out: str, *, settings: Map
     bad = [t for t in task_ids if not re.fullmatch(r"[A-Za-z0-9_.-]+", t)]
     if bad:
         raise PipelineError(f"Airflow task ids are letters, digits, '_', '.' and '-': rename {bad}")
-    step = " ".join([shlex.quote(tfprod), "pipeline", "step", shlex.quote(pipeline_file)]
+    step = " ".join([*map(shlex.quote, shlex.split(tfprod)), "pipeline", "step", shlex.quote(pipeline_file)]
                     + [f"--set {shlex.quote(f'{k}={v}')}" for k, v in sorted((settings or {}).items())]
                     + ([f"--metadata_url {shlex.quote(metadata_url)}"] if metadata_url else [])
                     + [f"--stop_exit_code {STOP_EXIT_CODE}"])

@@ -9,7 +9,9 @@ it must be shared (the same mount, or an object store).
 
 A task whose worker dies fails the step: Ray's exception names the function, the execution is
 recorded FAILED and nothing of the step is published. `max_retries` lets Ray run a task again on
-another worker instead.
+another worker instead. The pipeline file's folder is on the tasks' PYTHONPATH (a user
+component's functions import there as here), and the object-storage settings of this process
+(`FORWARDED`: endpoint, region, credentials when set) are in their environment.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from typing import Any
 
 from tfprod.pipeline.dsl import PipelineError
 from tfprod.pipeline.runner import Engine
+
+# What reaches object storage, passed to the tasks' environment when set here: an S3-compatible
+# endpoint and its credentials (a cluster whose nodes have their own role needs none of them)
+FORWARDED = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+             "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "TFPROD_ARTIFACT_CACHE")
 
 
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:
@@ -38,7 +45,9 @@ class RayEngine(Engine):
         # the pipeline's own modules (a user component's functions) import on the workers as they do here
         path = os.pathsep.join(p for p in (os.path.abspath(code_dir) if code_dir else "",
                                            os.environ.get("PYTHONPATH", "")) if p)
-        env = {"env_vars": {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}}
+        forwarded = {k: v for k, v in os.environ.items() if k in FORWARDED}  # the same object store as here
+        env = {"env_vars": {**forwarded, "PYTHONPATH": path,
+                            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}}
         try:
             ray.init(address=address or None, runtime_env=env, log_to_driver=False, include_dashboard=False,
                      configure_logging=False)
