@@ -152,7 +152,8 @@ def test_ray_runner_on_a_loopback_cluster_gives_the_in_process_answers(
                    "--runner", "ray", "--ray_address", ray_cluster, env=RAY_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Ray: 2 CPU(s)" in done.stderr
-    for output in ("ExampleGen/examples", "StatisticsGen/statistics", "SchemaGen/schema"):  # to the last bit
+    for output in ("ExampleGen/examples", "StatisticsGen/statistics", "SchemaGen/schema",
+                   "Transform/transformed_examples"):  # to the last bit
         ray_files, local_files = _published(str(tmp_path / "root"), output), _published(local_run, output)
         assert ray_files and ray_files == local_files, output
     executions = _executions(f"sqlite:///{tmp_path / 'root' / 'metadata.sqlite'}")
@@ -378,7 +379,8 @@ def test_s3_artifact_root_with_ray_workers_reproduces_the_local_run_and_caches(
         assert uris and all(u.startswith("s3://artifacts/credit/") for u in uris)
     finally:
         store.close()
-    for output in ("ExampleGen/examples", "StatisticsGen/statistics", "SchemaGen/schema"):
+    for output in ("ExampleGen/examples", "StatisticsGen/statistics", "SchemaGen/schema",
+                   "Transform/transformed_examples"):
         remote = storage.localize(f"s3://artifacts/credit/{output}")  # a fresh download of the whole prefix
         assert _published(remote, "") == _published(local_run, output), output
     assert os.path.isdir(tmp_path / "served" / "1")

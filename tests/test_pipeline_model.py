@@ -11,7 +11,6 @@ import sys
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from conftest import ServerProcess
@@ -130,7 +129,7 @@ def test_the_transform_graph_computes_the_training_time_features(credit: dict[st
     regions, counts = np.unique(train.column("region").to_pylist(), return_counts=True)
     assert vocabulary == [r for _, r in sorted(zip(-counts, regions, strict=True))]
     features = transformed.properties
-    stored = pq.read_table(os.path.join(transformed.uri, "Split-train", "data.parquet"))
+    stored = ex.read_split(transformed.uri, "train")
     assert features["label"] == "label" and "label" in stored.schema.names
     np.testing.assert_allclose(np.asarray(stored.column("mean_radius_z")), (radius - radius.mean()) / radius.std(),
                                rtol=1e-5, atol=1e-5)

@@ -3,6 +3,7 @@ the latest blessed model (the baseline); blessing is explicit."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -56,9 +57,10 @@ class Evaluator(Component):
         y = np.asarray(table.column(label).to_numpy(zero_copy_only=False))
         slices = {c: np.asarray(table.column(c).cast("string").fill_null("").to_pylist(), object)
                   for c in self.params["slice_by"]}
-        candidate = self._metrics(predict(model, table), y, slices)
+        units = ex.units(examples.uri, split)  # scored piece by piece, by the run's workers, in the table's order
+        candidate = self._metrics(_scores(ctx, model, units), y, slices)
         baseline_model = _baseline(ctx.store, ctx.pipeline_context, model.id)
-        baseline = self._metrics(predict(baseline_model, table), y, slices) if baseline_model else None
+        baseline = self._metrics(_scores(ctx, baseline_model, units), y, slices) if baseline_model else None
         reasons = []
         for name, bound in self.params["thresholds"].items():
             value = candidate["overall"][name]
@@ -118,12 +120,29 @@ def _baseline(store: Any, pipeline_context: int, model_id: int | None) -> Artifa
     return None
 
 
+def _scores(ctx: RunContext, model: Artifact, units: list[ex.Unit]) -> np.ndarray:
+    ctx.progress(f"scoring model {model.id} on {len(units)} piece(s)")
+    return np.concatenate(ctx.map(score_unit, [(model, unit) for unit in units]))
+
+
+def score_unit(job: tuple[Artifact, ex.Unit]) -> np.ndarray:
+    model, unit = job
+    return predict(model, ex.read_unit(unit))
+
+
+@functools.lru_cache(maxsize=4)
+def _signature(saved_model_dir: str, stamp: int) -> Any:
+    import tensorflow as tf
+
+    return tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+
+
 def predict(model: Artifact, table: Any) -> np.ndarray:
     """The serving signature's first output on the table's raw features."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(trainer.saved_model_dir(model))
-    fn = loaded.signatures["serving_default"]
+    folder = trainer.saved_model_dir(model)  # published, or downloaded once: its time tells versions apart
+    fn = _signature(folder, os.stat(os.path.join(folder, "saved_model.pb")).st_mtime_ns)
     raw = model.properties["raw_features"]
     columns = _user.arrays(table, list(raw), raw)
     try:

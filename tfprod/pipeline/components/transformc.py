@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tfprod.pipeline import examples as ex
 from tfprod.pipeline import storage
@@ -65,24 +67,69 @@ class Transform(Component):
         module = tf.Module()
         module.transform = tf.function(transform_fn, input_signature=specs)
         concrete = module.transform.get_concrete_function()
-        graph = ctx.output("transform_graph", raw_features={c: dtypes[c] for c in features}, label=label,
+        # shared: the run's workers load the graph and write the transformed examples' parts
+        graph = ctx.output("transform_graph", shared=True, raw_features={c: dtypes[c] for c in features}, label=label,
                            outputs=sorted(analyzed), analyzers=[{"analyzer": n, "value": v}
                                                                 for n, v in zip(trace.names, trace.values,
                                                                                 strict=True)])
-        tf.saved_model.save(module, os.path.join(graph.uri, GRAPH_DIR), signatures={"transform": concrete})
-        out = ctx.output("transformed_examples", splits=examples.properties["splits"],
+        if storage.remote(graph.uri):  # TensorFlow writes SavedModels to local files
+            with tempfile.TemporaryDirectory() as local:
+                tf.saved_model.save(module, os.path.join(local, GRAPH_DIR), signatures={"transform": concrete})
+                storage.upload(local, graph.uri)
+        else:
+            tf.saved_model.save(module, os.path.join(graph.uri, GRAPH_DIR), signatures={"transform": concrete})
+        out = ctx.output("transformed_examples", shared=True, splits=examples.properties["splits"],
                          span=examples.properties.get("span"), fingerprint=examples.properties.get("fingerprint"),
                          format="parquet", label=label)
         for split in examples.properties["splits"]:
-            table = ex.read_split(examples.uri, split)
-            result = concrete(*[tf.constant(v) for v in _user.arrays(table, features, dtypes).values()])
-            columns = {k: pa.array(np.asarray(v).reshape(len(table), -1)[:, 0] if np.asarray(v).ndim > 1 and
-                                   np.asarray(v).shape[1] == 1 else np.asarray(v)) for k, v in sorted(result.items())}
-            if label:
-                columns[label] = table.column(label)
-            folder = os.path.join(out.uri, f"Split-{split}")
-            os.makedirs(folder)
-            pq.write_table(pa.table(columns), os.path.join(folder, "data.parquet"))
+            ctx.progress(f"transforming {split}")
+            units = ex.units(examples.uri, split)
+            ctx.map(apply_unit, [ApplyJob(graph.uri, unit, features, dtypes, label, out.uri, split, i, len(units))
+                                 for i, unit in enumerate(units)])
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyJob:
+    """One piece of a split through the transform graph at `graph`, written as part `index` of `count`."""
+
+    graph: str
+    unit: ex.Unit
+    features: list[str]
+    dtypes: dict[str, str]
+    label: str
+    out: str
+    split: str
+    index: int
+    count: int
+
+
+def _graph(uri: str) -> Any:
+    # a local staging path can hold another graph later (a root whose store was replaced): its time is in the key
+    stamp = 0 if storage.remote(uri) else os.stat(os.path.join(uri, GRAPH_DIR, "saved_model.pb")).st_mtime_ns
+    return _load_graph(uri, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_graph(uri: str, stamp: int) -> Any:
+    import tensorflow as tf
+
+    return tf.saved_model.load(os.path.join(storage.localize(uri), GRAPH_DIR)).signatures["transform"]
+
+
+def apply_unit(job: ApplyJob) -> int:
+    """The transformed features of one piece of a split (the label carried as it is); its rows."""
+    import tensorflow as tf
+
+    table = ex.read_unit(job.unit)
+    result = _graph(job.graph)(**{k: tf.constant(v) for k, v in _user.arrays(table, job.features, job.dtypes).items()})
+    columns = {}
+    for k, v in sorted(result.items()):
+        a = np.asarray(v)
+        columns[k] = pa.array(a.reshape(len(table), -1)[:, 0] if a.ndim > 1 and a.shape[1] == 1 else a)
+    if job.label:
+        columns[job.label] = table.column(job.label)
+    ex.write_split(job.out, job.split, pa.table(columns), "parquet", f"data-{job.index:05d}-of-{job.count:05d}")
+    return table.num_rows
 
 
 def load(artifact: Artifact) -> Any:
