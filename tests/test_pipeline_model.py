@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from conftest import ServerProcess
@@ -202,3 +203,69 @@ def _bare_pusher(destination: str) -> Pusher:
     pusher.id, pusher.inputs, pusher.outputs = "Pusher", {}, {}
     pusher.params = {"push_destination": destination, "private_key": None}
     return pusher
+
+
+CHAINED = '''
+import tensorflow as tf
+from tfprod.pipeline import transform as tft
+
+def preprocessing_fn(inputs):
+    z = tft.scale_to_z_score(inputs["x"])  # analyzers over an analyzer's output: a second phase
+    return {"z": z, "z_bucket": tft.bucketize(z, 4), "z01": tft.scale_to_0_1(z * 2.0 + 1.0),
+            "city_id": tft.compute_and_apply_vocabulary(inputs["city"], top_k=2)}
+'''
+
+
+def test_analyzers_merge_over_pieces_in_phases_as_over_the_whole_column(tmp_path: Any) -> None:
+    import pyarrow as pa
+
+    from tfprod.pipeline import transform as tft
+    from tfprod.pipeline.runner import Engine
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(5, 2, 1000)
+    x[::37] = np.nan  # missing values: ignored by the statistics
+    city = rng.choice(["rome", "oslo", "lima", ""], 1000, p=[0.5, 0.3, 0.15, 0.05])
+    os.makedirs(tmp_path / "pieces" / "Split-train")
+    os.makedirs(tmp_path / "whole" / "Split-train")
+    table = pa.table({"x": x, "city": city})
+    pq.write_table(table, tmp_path / "pieces" / "Split-train" / "data.parquet", row_group_size=128)  # 8 pieces
+    pq.write_table(table, tmp_path / "whole" / "Split-train" / "data.parquet")
+    (tmp_path / "prep.py").write_text(CHAINED)
+    dtypes = {"x": "float32", "city": "string"}
+    results = {}
+    for layout in ("pieces", "whole"):
+        units = ex.units(str(tmp_path / layout), "train")
+        results[layout] = tft.analyze(str(tmp_path / "prep.py"), units, ["x", "city"], dtypes, Engine().map)
+    assert len(ex.units(str(tmp_path / "pieces"), "train")) == 8
+    names, values = results["pieces"]
+    assert names == ["mean", "std", "quantiles", "min", "max", "vocabulary"]
+    assert results["whole"][0] == names
+    x32 = x.astype(np.float32)
+    assert values[0] == pytest.approx(np.nanmean(x32.astype(np.float64)), rel=1e-12)
+    assert values[1] == pytest.approx(np.nanstd(x32.astype(np.float64)), rel=1e-12)
+    m, s = tf.constant(values[0], tf.float32), tf.constant(values[1], tf.float32)
+    z = ((tf.constant(x32) - m) / s).numpy().astype(np.float64)  # as the graph computes it
+    want = sorted({float(q) for q in np.quantile(z[~np.isnan(z)], [0.25, 0.5, 0.75])})
+    assert values[2] == want == results["whole"][1][2]  # exact, whatever the pieces
+    scaled = ((tf.constant(z.astype(np.float32)) * 2.0) + 1.0).numpy().astype(np.float64)
+    assert values[3] == float(np.nanmin(scaled)) and values[4] == float(np.nanmax(scaled))
+    assert values[5] == ["rome", "oslo"] == results["whole"][1][5]
+    for i in (0, 1):  # moments merged by Chan's formulas: equal up to float summation order
+        assert values[i] == pytest.approx(results["whole"][1][i], rel=1e-12)
+
+
+def test_an_analyzer_over_random_values_is_refused(tmp_path: Any) -> None:
+    import pyarrow as pa
+
+    from tfprod.pipeline import transform as tft
+    from tfprod.pipeline.runner import Engine
+
+    os.makedirs(tmp_path / "Split-train")
+    pq.write_table(pa.table({"x": np.arange(10.0)}), tmp_path / "Split-train" / "data.parquet")
+    (tmp_path / "prep.py").write_text("import tensorflow as tf\nfrom tfprod.pipeline import transform as tft\n"
+                                      "def preprocessing_fn(inputs):\n"
+                                      "    return {'r': tft.scale_to_z_score(inputs['x'] + tf.random.uniform([10]))}\n")
+    with pytest.raises(PipelineError, match="change between two runs over the same rows"):
+        tft.analyze(str(tmp_path / "prep.py"), ex.units(str(tmp_path), "train"), ["x"], {"x": "float32"},
+                    Engine().map)

@@ -42,36 +42,37 @@ class Transform(Component):
         assert examples is not None
         label = self.params["label"]
         fn = _user.function(self.params["module_file"], "preprocessing_fn")
-        train = ex.read_split(examples.uri, "train")
-        features = [c for c in train.schema.names if c != label]
-        dtypes = {c: _user.dtype_of(t) for c, t in zip(train.schema.names, train.schema.types, strict=True)}
-        ctx.progress(f"analyzing {train.num_rows} training rows")
-        with tft.analyzing() as trace:
-            try:
-                analyzed = fn({k: tf.constant(v) for k, v in _user.arrays(train, features, dtypes).items()})
-            except PipelineError:
-                raise
-            except Exception as e:
-                raise PipelineError(f"preprocessing_fn failed on the training split: {type(e).__name__}: {e}") \
-                    from None
-        if not isinstance(analyzed, dict) or not analyzed:
-            raise PipelineError("preprocessing_fn must return a dict of feature tensors")
-        if label and label in analyzed:
-            raise PipelineError(f"preprocessing_fn returned the label '{label}': it is carried through as it is")
+        units = ex.units(examples.uri, "train")
+        schema = ex.read_unit(units[0]).schema
+        features = [c for c in schema.names if c != label]
+        dtypes = {c: _user.dtype_of(t) for c, t in zip(schema.names, schema.types, strict=True)}
+        ctx.progress(f"analyzing {examples.properties.get('rows', {}).get('train', '?')} training rows in "
+                     f"{len(units)} piece(s)")
+        names, values = tft.analyze(self.params["module_file"], units, features, dtypes, ctx.map)
         specs = [tf.TensorSpec([None], tf.string if dtypes[c] == "string" else getattr(tf, dtypes[c]), name=c)
                  for c in features]
 
         def transform_fn(*args: Any) -> dict[str, Any]:
-            with tft.applying(trace.values, trace.names):
-                return dict(fn(dict(zip(features, args, strict=True))))
+            with tft.applying(values, names):
+                out = fn(dict(zip(features, args, strict=True)))
+            if not isinstance(out, dict) or not out:
+                raise PipelineError("preprocessing_fn must return a dict of feature tensors")
+            if label and label in out:
+                raise PipelineError(f"preprocessing_fn returned the label '{label}': it is carried through as it is")
+            return dict(out)
         module = tf.Module()
         module.transform = tf.function(transform_fn, input_signature=specs)
-        concrete = module.transform.get_concrete_function()
+        try:
+            concrete = module.transform.get_concrete_function()
+        except PipelineError:
+            raise
+        except Exception as e:  # the user's code, traced: any error is theirs to see
+            raise PipelineError(f"preprocessing_fn failed when traced: {type(e).__name__}: {e}") from None
+        analyzed = concrete.structured_outputs
         # shared: the run's workers load the graph and write the transformed examples' parts
         graph = ctx.output("transform_graph", shared=True, raw_features={c: dtypes[c] for c in features}, label=label,
                            outputs=sorted(analyzed), analyzers=[{"analyzer": n, "value": v}
-                                                                for n, v in zip(trace.names, trace.values,
-                                                                                strict=True)])
+                                                                for n, v in zip(names, values, strict=True)])
         if storage.remote(graph.uri):  # TensorFlow writes SavedModels to local files
             with tempfile.TemporaryDirectory() as local:
                 tf.saved_model.save(module, os.path.join(local, GRAPH_DIR), signatures={"transform": concrete})
