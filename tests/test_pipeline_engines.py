@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jinja2
+import numpy as np
 import pytest
 import yaml
 from conftest import free_port
@@ -162,6 +164,60 @@ def test_ray_runner_on_a_loopback_cluster_gives_the_in_process_answers(
     assert os.path.isdir(tmp_path / "served" / "1")
 
 
+MIXED_PIPELINE = '''
+import os
+from tfprod.pipeline import ExampleGen, Pipeline, SchemaGen, StatisticsGen, Transform
+
+def create_pipeline(root):
+    here = os.path.dirname(os.path.abspath(__file__))
+    examples = ExampleGen(input_base=os.path.join(here, "data"), pattern="part-*.csv")
+    statistics = StatisticsGen(examples=examples.outputs["examples"])
+    schema = SchemaGen(statistics=statistics.outputs["statistics"])
+    transform = Transform(examples=examples.outputs["examples"], module_file=os.path.join(here, "prep.py"), label="y")
+    return Pipeline("mixed", root=root, components=[examples, statistics, schema, transform])
+'''
+
+MIXED_PREP = '''
+import tensorflow as tf
+from tfprod.pipeline import transform as tft
+
+def preprocessing_fn(inputs):
+    z = tft.scale_to_z_score(inputs["x"])
+    return {"z": z, "z01": tft.scale_to_0_1(z), "b": tft.bucketize(z, 3),
+            "c": tft.compute_and_apply_vocabulary(inputs["c"])}
+'''
+
+
+def test_ray_and_in_process_agree_over_several_files_with_mixed_types_and_empty_pieces(
+        ray_cluster: str, tmp_path: Any) -> None:
+    """Four input files (integers in one, decimals in another, an all-empty column, a file too small
+    to reach every split): several pieces per split, merged across workers in order."""
+    (tmp_path / "data").mkdir()
+    rng = np.random.default_rng(7)
+    for i, rows in enumerate((300, 250, 200, 2)):
+        x = rng.integers(0, 50, rows) if i == 0 else rng.normal(20, 5, rows).round(3)
+        lines = ["x,y,c"] + [f"{x[r]},{'' if i == 2 else r % 2},{'abc'[r % 3]}" for r in range(rows)]
+        (tmp_path / "data" / f"part-{i}.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "mixed_pipeline.py").write_text(MIXED_PIPELINE)
+    (tmp_path / "prep.py").write_text(MIXED_PREP)
+    runs = {}
+    for engine, extra in (("local", []), ("ray", ["--runner", "ray", "--ray_address", ray_cluster])):
+        root = tmp_path / f"root-{engine}"
+        done = _tfprod("pipeline", "run", str(tmp_path / "mixed_pipeline.py"), "--set", f"root={root}", *extra,
+                       env=RAY_ENV)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[engine] = str(root)
+    examples = _published(runs["ray"], "ExampleGen/examples")
+    assert len([f for f in examples if f.startswith("Split-train/")]) == 4  # a part per input file
+    for output in ("ExampleGen/examples", "StatisticsGen/statistics", "SchemaGen/schema",
+                   "Transform/transformed_examples"):
+        assert _published(runs["ray"], output) == _published(runs["local"], output), output
+    from tfprod.pipeline import examples as ex
+
+    table = ex.read_split(os.path.join(runs["ray"], "ExampleGen", "examples", "1"), "train")
+    assert str(table.schema.field("x").type) == "double" and str(table.schema.field("y").type) == "int64"
+
+
 SLOW_PIPELINE = '''
 import os
 import slow_work
@@ -212,7 +268,7 @@ def test_a_ray_worker_killed_mid_step_fails_the_run_and_publishes_nothing(
             assert run.poll() is None, run.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the Ray task never started"
             time.sleep(0.2)
-        assert storage.exists(f"{root}/Slow/result/2/partial.txt")  # the shared output, half-written
+        assert storage.glob(f"{root}/Slow/result/2-*/partial.txt")  # the shared output, half-written
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
         _, err = run.communicate(timeout=120)
     finally:
@@ -244,7 +300,8 @@ def test_kfp_spec_compiles_loads_and_runs_with_kfps_local_runner(credit_data: st
     assert set(tasks) == {"examplegen", "statisticsgen", "schemagen", "examplevalidator", "transform", "trainer",
                           "evaluator", "infravalidator", "pusher"}
     assert sorted(tasks["pusher"]["dependentTasks"]) == ["evaluator", "infravalidator", "trainer"]
-    assert tasks["pusher"]["inputs"]["parameters"]["evaluator"]["taskOutputParameter"]["producerTask"] == "evaluator"
+    assert tasks["pusher"]["inputs"]["parameters"]["in_evaluator"]["taskOutputParameter"]["producerTask"] == "evaluator"
+    assert "examplevalidator" in tasks["transform"]["dependentTasks"]  # after the validator, which can stop the run
     assert {e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values()} == {
         "registry.local/tfprod:1.0"}
     assert set(doc["root"]["inputDefinitions"]["parameters"]) == {"pipeline_file", "settings", "metadata_url"}
@@ -291,7 +348,8 @@ bag = DagBag(dag_folder=sys.argv[1])
 dag = bag.dags.get("tfprod_data-checks") or bag.dags.get("tfprod_data_checks")
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": sorted(bag.dags),
                   "tasks": [{"id": t.task_id, "upstream": sorted(t.upstream_task_ids), "command": t.bash_command,
-                             "skip": t.skip_on_exit_code} for t in dag.topological_sort()] if dag else []}))
+                             "env": t.env, "skip": t.skip_on_exit_code}
+                            for t in dag.topological_sort()] if dag else []}))
 '''
 
 
@@ -317,13 +375,17 @@ def test_airflow_dag_parses_in_airflow_and_its_task_commands_run_the_pipeline(cr
         ("ExampleValidator", ["SchemaGen", "StatisticsGen"])]
     assert all(99 in t["skip"] for t in tasks)
 
+    def run_task(task: dict[str, Any], run_id: str) -> subprocess.CompletedProcess[str]:
+        env = {k: jinja2.Template(v).render(run_id=run_id) for k, v in task["env"].items()}
+        return subprocess.run(["bash", "-c", jinja2.Template(task["command"]).render(run_id=run_id)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env})
+
     def dag_run(run_id: str) -> list[subprocess.CompletedProcess[str]]:
         """What Airflow's workers would do: each task's command, rendered with the run's id, in order."""
         out = []
         for t in tasks:
-            command = jinja2.Template(t["command"]).render(run_id=run_id)
-            out.append(subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300,
-                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}))
+            out.append(run_task(t, run_id))
             if out[-1].returncode:
                 break
         return out
@@ -339,8 +401,7 @@ def test_airflow_dag_parses_in_airflow_and_its_task_commands_run_the_pipeline(cr
     assert [r.returncode for r in second] == [0, 0, 0, 99], second[-1].stderr[-3000:]
     stopped = json.loads(second[-1].stdout.splitlines()[-1])
     assert stopped["state"] == "STOPPED" and "mean_radius" in stopped["stopped"]
-    again = subprocess.run(["bash", "-c", jinja2.Template(tasks[-1]["command"]).render(
-        run_id="scheduled__2026-12-02T00:00:00+00:00")], capture_output=True, text=True, timeout=300)
+    again = run_task(tasks[-1], "scheduled__2026-12-02T00:00:00+00:00")
     assert again.returncode == 99 and json.loads(again.stdout.splitlines()[-1])["state"] == "SKIPPED"
     runs = _executions(f"sqlite:///{tmp_path / 'root' / 'metadata.sqlite'}", "scheduled__2026-12-02T00:00:00+00:00")
     assert [e.state for e in runs["ExampleValidator"]] == ["COMPLETE"]  # the stop is published, once
@@ -369,8 +430,10 @@ def test_s3_artifact_root_with_ray_workers_reproduces_the_local_run_and_caches(
     done = _tfprod("pipeline", "run", *args, env={**RAY_ENV, **s3}, cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="artifacts", Prefix="credit/")["Contents"]}
-    assert "credit/ExampleGen/examples/1/Split-train/data-00000-of-00001.parquet" in keys  # written by a worker
-    assert "credit/Trainer/model/6/1/saved_model.pb" in keys  # uploaded when the step published
+    # remote URIs are never reused: ROOT/COMPONENT/OUTPUT/EXECUTION-RANDOM
+    assert any(re.fullmatch(r"credit/ExampleGen/examples/1-[0-9a-f]{8}/Split-train/data-00000-of-00001\.parquet", k)
+               for k in keys)  # written by a worker
+    assert any(re.fullmatch(r"credit/Trainer/model/6-[0-9a-f]{8}/1/saved_model\.pb", k) for k in keys)  # uploaded
     assert not any("/.staging/" in k for k in keys)
     assert any(k.startswith("credit/reports/") and k.endswith("report.md") for k in keys)
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.sqlite'}", create=False)

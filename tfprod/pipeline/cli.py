@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import runpy
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -75,7 +76,8 @@ def main(argv: Sequence[str]) -> int:
                    help="the handoff an upstream step printed (default: its outputs in this run, from the store)")
     s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="an argument of create_pipeline()")
-    s.add_argument("--metadata_url", default="", help="the metadata store (default: the pipeline's)")
+    s.add_argument("--metadata_url", default=os.environ.get("TFPROD_METADATA_URL", ""),
+                   help="the metadata store (default: $TFPROD_METADATA_URL, else the pipeline's)")
     s.add_argument("--no_cache", action="store_true")
     s.add_argument("--stop_exit_code", type=int, default=0, metavar="N",
                    help="the exit status when this step stops the run or is skipped (Airflow skips on 99)")
@@ -100,6 +102,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     if args.command == "compile":
         return _compile(args, pipeline, overrides)
+    # an orchestrator's or a user's SIGTERM unwinds like Ctrl-C: the step records FAILED and removes its outputs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.command == "step":
         return _step(args, pipeline, console)
     marks = {"running": "[cyan]…[/cyan]", "cached": "[blue]=[/blue]", "done": "[green]✓[/green]",
@@ -138,7 +142,19 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _compile(args: argparse.Namespace, pipeline: Pipeline, overrides: dict[str, str]) -> int:
+    import sqlalchemy
+
     file = args.pipeline_file or os.path.abspath(args.file)
+    for url in (args.metadata_url, pipeline.metadata_url):
+        try:
+            secret = bool(url) and sqlalchemy.engine.make_url(url).password is not None
+        except sqlalchemy.exc.ArgumentError:
+            secret = False
+        if secret:
+            print("tfprod pipeline: error: the metadata URL has a password, which the compiled file would show to "
+                  "anyone who can read it (and its rendered commands): leave it out here and give the workers "
+                  "TFPROD_METADATA_URL in their environment", file=sys.stderr)
+            return 2
     try:
         if args.to == "kfp":
             from tfprod.pipeline.engines import kfp

@@ -147,18 +147,22 @@ class SplitJob:
     ratios: dict[str, int]
     key: str
     fmt: str
+    schema: pa.Schema | None = None  # the column types to cast to (the span's, unified over its files)
 
 
 def split_file(job: SplitJob) -> dict[str, object]:
     """Read one input file, split its rows, write `Split-<name>/data-<index>-of-<count>.<ext>`; its
-    row counts per split and columns. Splitting file by file and concatenating in file order gives
-    the rows, and their order, that splitting the concatenated files would."""
+    row counts per split, columns and schema. Splitting file by file and concatenating in file
+    order gives the rows, and their order, that splitting the concatenated files would (the split
+    hashes each row as text before any cast)."""
     table = read_files([job.path])
     parts = split_rows(table, job.ratios, job.key)
+    if job.schema is not None:
+        parts = {k: t.cast(job.schema) for k, t in parts.items()}
     for split, part in parts.items():
         write_split(job.out, split, part, job.fmt, f"data-{job.index:05d}-of-{job.count:05d}")
     return {"rows": {k: t.num_rows for k, t in parts.items()}, "columns": table.schema.names,
-            "types": [str(t) for t in table.schema.types]}
+            "schema": table.schema}
 
 
 def write_split(uri: str, split: str, table: pa.Table, fmt: str, name: str = "data") -> None:

@@ -12,6 +12,7 @@ their final URI, which counts as published only once the store records it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -160,7 +161,9 @@ def step(run: Run, component: Component, inputs: dict[str, list[Artifact]]) -> S
         if key not in finals:
             uri = storage.join(root if storage.remote(root) else os.path.abspath(root), component.id, key,
                                str(execution))
-            finals[key] = storage.unique(uri) if storage.exists(uri) else uri
+            # remote: always made unique, so no URI is ever written twice (a replaced store starts its ids again,
+            # and downloads are cached by URI)
+            finals[key] = storage.unique(uri) if storage.remote(uri) or storage.exists(uri) else uri
         return finals[key]
     ctx = RunContext(component, inputs, store, run.pipeline_ctx, run.run_id, staging,
                      functools.partial(say, component.id), run.pipeline.name, run.engine.map,
@@ -172,10 +175,18 @@ def step(run: Run, component: Component, inputs: dict[str, list[Artifact]]) -> S
         outputs = _publish(root, component, ctx, final, published)
         store.finish_execution(execution, "COMPLETE", {k: [a] for k, a in outputs.items()}, run.contexts,
                                {"stop_reason": ctx.stop_reason} if ctx.stop_reason else None)
-    except Exception as e:
+    except BaseException as e:  # an interrupt (Ctrl-C, the orchestrator's kill) cleans up too, then goes on
         shutil.rmtree(staging, ignore_errors=True)
         for path in published + [a.uri for a in ctx.outputs.values() if storage.remote(a.uri)]:
-            storage.remove(path)  # what was renamed in or uploaded before the failure goes too
+            try:  # what was renamed in or uploaded before the failure goes too
+                storage.remove(path)
+            except Exception:  # the store cannot be reached: the FAILED record says nothing there is published
+                pass
+        if not isinstance(e, Exception):
+            with contextlib.suppress(Exception):
+                store.finish_execution(execution, "FAILED", {}, run.contexts,
+                                       {"error": f"interrupted ({type(e).__name__})"})
+            raise
         message = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
         try:
             store.finish_execution(execution, "FAILED", {}, run.contexts, {"error": message})
@@ -199,11 +210,11 @@ def _publish(root: str, component: Component, ctx: RunContext, final: Callable[[
     for key, artifact in ctx.outputs.items():
         uri = final(key)
         if artifact.uri != uri:  # written where its workers could reach it: already in place
+            done.append(uri)  # before the upload: a half-finished one is removed too
             if storage.remote(uri):
                 storage.upload(artifact.uri, uri)
             else:
                 os.makedirs(os.path.dirname(uri), exist_ok=True)
                 os.rename(artifact.uri, uri)  # whole, or not at all
-        done.append(uri)
         published[key] = dataclasses.replace(artifact, uri=uri)
     return published

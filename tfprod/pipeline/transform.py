@@ -9,14 +9,17 @@
 
 The analysis is a partial per piece of the training split and a merge, so a cluster's workers
 can run it (`ctx.map`): each analyzer has a partial over a piece's values (moments, min/max,
-value counts, the values themselves for quantiles), an associative merge and a final value. The
-function runs over every piece in phases: in each, an analyzer whose value is not known yet
-records its partial, unless its input depends on another analyzer still unknown; that is seen by
-running the piece twice with two different stand-in values for the unknown ones and comparing
-the analyzer's input. The merged partials give the values of this phase, and the next phase
-runs with them, until every analyzer has its value (one phase when all analyze raw inputs).
-Mean and standard deviation are merged with Chan's formulas (equal to a whole-column pass up to
-float summation order); min, max, vocabularies and quantiles are exact.
+value counts, the values themselves for quantiles), an associative merge and a final value. It
+runs in phases. Before each, the function is traced as a graph in which every analyzer still
+unknown returns a marked stand-in tensor; an unknown analyzer whose input has none of those
+marks among its ancestors is ready. Then the function runs eagerly over every piece, the ready
+analyzers record their partials, and the merged partials give their values for the next phase.
+One phase when every analyzer reads raw inputs, one more per level of analyzers over analyzers.
+A list an analyzer returns into Python (`tft.vocabulary`, `tft.quantiles` called directly) cannot
+be followed in the graph: every analyzer after it waits for it; a function that cannot be traced
+as a graph is analyzed one analyzer per phase. Mean and standard deviation are merged with Chan's
+formulas (equal to a whole-column pass up to float summation order); min, max, vocabularies and
+quantiles are exact.
 
 Then the function is traced into a `tf.function` where each analyzer returns its value as a
 constant: that graph is the transform the server applies, so serving computes exactly what
@@ -43,7 +46,7 @@ import numpy as np
 
 from tfprod.pipeline.dsl import PipelineError
 
-_COLLECT, _APPLY = "collect", "apply"
+_COLLECT, _PLAN, _APPLY = "collect", "plan", "apply"
 
 
 def _numbers(a: np.ndarray) -> np.ndarray:
@@ -87,39 +90,40 @@ def _quantiles(values: np.ndarray, num_buckets: int) -> list[float]:
 
 @dataclasses.dataclass(frozen=True)
 class _Kind:
-    """An analyzer: its partial over one piece's values, their associative merge, its final value,
-    and two different stand-ins for it while it is unknown (functions of the analyzer's parameters)."""
+    """An analyzer: its partial over one piece's values, their associative merge, its final value
+    (both given the analyzer's parameters), and what it returns while it is unknown."""
 
     partial: Callable[..., Any]
     merge: Callable[[Any, Any], Any]
     finish: Callable[..., Any]
-    stand_ins: tuple[Any, Any]
+    stand_in: Any
 
 
 _KINDS = {
-    "mean": _Kind(lambda a: _moments(a), _chan, lambda p: p[1], (0.37, 0.61)),
-    "std": _Kind(lambda a: _moments(a), _chan, lambda p: math.sqrt(p[2] / p[0]) if p[0] else 0.0, (0.37, 0.61)),
+    "mean": _Kind(lambda a: _moments(a), _chan, lambda p: p[1], 0.0),
+    "std": _Kind(lambda a: _moments(a), _chan, lambda p: math.sqrt(p[2] / p[0]) if p[0] else 0.0, 1.0),
     "min": _Kind(lambda a: float(_numbers(a).min()) if _numbers(a).size else None, _extreme(builtins.min),
-                 lambda p: 0.0 if p is None else p, (0.37, 0.61)),
+                 lambda p: 0.0 if p is None else p, 0.0),
     "max": _Kind(lambda a: float(_numbers(a).max()) if _numbers(a).size else None, _extreme(builtins.max),
-                 lambda p: 0.0 if p is None else p, (0.37, 0.61)),
+                 lambda p: 0.0 if p is None else p, 1.0),
     "vocabulary": _Kind(lambda a, top_k=None: _words(a), lambda p, q: p + q,
                         lambda p, top_k=None: [v for v, _ in sorted(p.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]],
-                        ([], ["\x00stand-in"])),
+                        []),
     "quantiles": _Kind(lambda a, num_buckets=2: _numbers(a), lambda p, q: np.concatenate([p, q]),
-                       lambda p, num_buckets=2: _quantiles(p, num_buckets), ([0.37], [0.61])),
+                       lambda p, num_buckets=2: _quantiles(p, num_buckets), [0.0]),
 }
 
 
 @dataclasses.dataclass
 class _Trace:
     mode: str
-    values: list[Any]  # collect: the values known so far by position (None: unknown); apply: all of them
+    values: list[Any]  # the values known so far by position (None: unknown); apply: all of them
     names: list[str]
     params: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     position: int = 0
-    variant: int = 0  # collect: which stand-in the unknown analyzers return
-    inputs: list[np.ndarray] = dataclasses.field(default_factory=list)  # collect: each analyzer's input
+    inputs: list[Any] = dataclasses.field(default_factory=list)  # collect, plan: each analyzer's input
+    markers: dict[str, int] = dataclasses.field(default_factory=dict)  # plan: stand-in op name -> position
+    barriers: list[int] = dataclasses.field(default_factory=list)  # plan: unknown lists handed to Python
 
 
 _current: contextvars.ContextVar[_Trace | None] = contextvars.ContextVar("tfprod_transform", default=None)
@@ -129,39 +133,95 @@ class TransformError(PipelineError):
     pass
 
 
-def _analyzer(name: str, x: Any, **params: Any) -> Any:
+_FLOATS = ("mean", "std", "min", "max")
+
+
+def _analyzer(name: str, x: Any, as_tensor: bool = False, **params: Any) -> Any:
+    """The analyzer's value: in apply mode its constant; while analyzing, the value if known, else a
+    stand-in (a marked tensor when planning, so what depends on it can be seen)."""
     trace = _current.get()
     if trace is None:
         raise TransformError(f"tft.{name} is an analyzer: call it inside a preprocessing_fn run by Transform")
     i = trace.position
     trace.position += 1
-    if trace.mode == _COLLECT:
-        if i >= len(trace.names):
-            trace.names.append(name)
-            trace.values.append(None)
-        elif trace.names[i] != name:
-            raise TransformError("preprocessing_fn called its analyzers in a different order on another piece of "
-                                 "the data: keep the calls unconditional and in a fixed order")
-        trace.params.append(params)
-        trace.inputs.append(np.asarray(x))
-        known = trace.values[i]
-        return known if known is not None else _KINDS[name].stand_ins[trace.variant]
-    if i >= len(trace.values) or trace.names[i] != name:
-        raise TransformError("preprocessing_fn called its analyzers in a different order when traced: keep the "
+    if trace.mode == _APPLY:
+        if i >= len(trace.values) or trace.names[i] != name:
+            raise TransformError("preprocessing_fn called its analyzers in a different order when traced: keep the "
+                                 "calls unconditional and in a fixed order")
+        return trace.values[i]
+    if i >= len(trace.names):
+        trace.names.append(name)
+        trace.values.append(None)
+    elif trace.names[i] != name:
+        raise TransformError("preprocessing_fn called its analyzers in a different order on another run: keep the "
                              "calls unconditional and in a fixed order")
-    return trace.values[i]
+    trace.params.append(params)
+    trace.inputs.append(x if trace.mode == _PLAN else np.asarray(x))
+    known = trace.values[i]
+    if known is not None:
+        return known
+    stand_in = _KINDS[name].stand_in
+    if trace.mode == _PLAN:
+        if name in _FLOATS or as_tensor:
+            import tensorflow as tf
+
+            marked = tf.identity(tf.constant(stand_in, tf.string if name == "vocabulary" else tf.float32),
+                                 name=f"tfprod_unknown_{i}")
+            trace.markers[marked.op.name] = i
+            return marked
+        trace.barriers.append(i)  # a list in Python: what uses it cannot be followed
+    return stand_in
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.shape != b.shape or a.dtype != b.dtype:
+def _depends(tensor: Any, markers: dict[str, int]) -> bool:
+    """Whether a stand-in op is among the ancestors of `tensor` (a graph tensor; anything else: no)."""
+    op = getattr(tensor, "op", None)
+    if op is None or not markers:
         return False
-    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    seen: set[str] = set()
+    stack = [op]
+    while stack:
+        op = stack.pop()
+        if op.name in markers:
+            return True
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return False
+
+
+def _plan(fn: Callable[..., Any], features: list[str], dtypes: dict[str, str], names: list[str],
+          values: list[Any]) -> tuple[list[str], list[int]] | None:
+    """Trace `fn` as a graph with the known values: the analyzers' names and the unknown ones that are
+    ready (their input depends on no unknown analyzer). None when `fn` cannot be traced."""
+    import tensorflow as tf
+
+    trace = _Trace(_PLAN, list(values), list(names))
+    specs = [tf.TensorSpec([None], tf.string if dtypes[c] == "string" else getattr(tf, dtypes[c]), name=c)
+             for c in features]
+
+    def traced(*args: Any) -> Any:
+        token = _current.set(trace)
+        try:
+            return fn(dict(zip(features, args, strict=True)))
+        finally:
+            _current.reset(token)
+    try:
+        tf.function(traced, input_signature=specs).get_concrete_function()
+    except Exception:  # Python that needs eager values: one analyzer per phase instead
+        return None
+    ready = [i for i, v in enumerate(trace.values) if v is None
+             and not any(j < i for j in trace.barriers) and not _depends(trace.inputs[i], trace.markers)]
+    return trace.names, ready
 
 
 @dataclasses.dataclass(frozen=True)
 class AnalyzeJob:
     """One piece of the training split through `preprocessing_fn` (from `module_file`), with the
-    analyzer values known so far (a phase)."""
+    analyzer values known so far and the positions whose partials this phase computes (None: the
+    first unknown one)."""
 
     module_file: str
     unit: Any  # examples.Unit
@@ -169,11 +229,11 @@ class AnalyzeJob:
     dtypes: dict[str, str]
     names: list[str]
     values: list[Any]
+    ready: list[int] | None
 
 
-def analyze_unit(job: AnalyzeJob) -> tuple[list[str], list[dict[str, Any]], list[Any]]:
-    """The analyzers' names and parameters, and for each a partial over this piece: None where the
-    value is known already or the analyzer's input depends on one still unknown."""
+def analyze_unit(job: AnalyzeJob) -> tuple[list[str], list[dict[str, Any]], dict[int, Any]]:
+    """The analyzers' names and parameters, and the partials of the ready ones over this piece."""
     import tensorflow as tf
 
     from tfprod.pipeline import examples
@@ -181,58 +241,52 @@ def analyze_unit(job: AnalyzeJob) -> tuple[list[str], list[dict[str, Any]], list
 
     fn = _user.function(job.module_file, "preprocessing_fn")
     table = examples.read_unit(job.unit)
-    inputs = {k: tf.constant(v) for k, v in _user.arrays(table, job.features, job.dtypes).items()}
-    traces = []
-    for variant in (0, 1):  # the same rows with two different stand-ins: what differs depends on them
-        trace = _Trace(_COLLECT, list(job.values), list(job.names), variant=variant)
-        token = _current.set(trace)
-        try:
-            fn(dict(inputs))
-        except PipelineError:
-            raise
-        except Exception as e:  # the user's code: any error is theirs to see
-            raise PipelineError(f"preprocessing_fn failed on the training split: {type(e).__name__}: {e}") from None
-        finally:
-            _current.reset(token)
-        traces.append(trace)
-    first, second = traces
-    if first.names != second.names or first.position != second.position:
-        raise TransformError("preprocessing_fn called different analyzers on two runs over the same rows: keep the "
-                             "calls unconditional and in a fixed order")
-    partials = [None if first.values[i] is not None or not _same(first.inputs[i], second.inputs[i])
-                else _KINDS[name].partial(first.inputs[i], **first.params[i]) for i, name in enumerate(first.names)]
-    return first.names, first.params, partials
+    trace = _Trace(_COLLECT, list(job.values), list(job.names))
+    token = _current.set(trace)
+    try:
+        fn({k: tf.constant(v) for k, v in _user.arrays(table, job.features, job.dtypes).items()})
+    except PipelineError:
+        raise
+    except Exception as e:  # the user's code: any error is theirs to see
+        raise PipelineError(f"preprocessing_fn failed on the training split: {type(e).__name__}: {e}") from None
+    finally:
+        _current.reset(token)
+    ready = job.ready if job.ready is not None else [
+        next(i for i, v in enumerate(trace.values) if v is None)] if None in trace.values else []
+    return trace.names, trace.params, {i: _KINDS[trace.names[i]].partial(trace.inputs[i], **trace.params[i])
+                                       for i in ready}
 
 
 def analyze(module_file: str, units: list[Any], features: list[str], dtypes: dict[str, str],
             map: Callable[[Callable[[Any], Any], list[Any]], list[Any]]) -> tuple[list[str], list[Any]]:
     """Every analyzer's name and value over the pieces `units`, in phases, each piece's partials
     computed by `map` (here or by a cluster's workers) and merged here in the pieces' order."""
+    from tfprod.pipeline.components import _user
+
+    if not units:
+        raise TransformError("the training split has no rows to analyze")
+    fn = _user.function(module_file, "preprocessing_fn")
     names: list[str] = []
     values: list[Any] = []
     while True:
-        results = map(analyze_unit, [AnalyzeJob(module_file, u, features, dtypes, names, values) for u in units])
-        if not results:
-            raise TransformError("the training split has no rows to analyze")
-        if not names:  # the first phase names them
-            names, values = list(results[0][0]), [None] * len(results[0][0])
-        if any(found != names or params != results[0][1] for found, params, _ in results):
+        plan = _plan(fn, features, dtypes, names, values)
+        if plan is not None:
+            names, ready = plan[0], plan[1]
+            values = values + [None] * (len(names) - len(values))
+            if not ready:
+                return names, values
+        results = map(analyze_unit, [AnalyzeJob(module_file, u, features, dtypes, names, values,
+                                                ready if plan is not None else None) for u in units])
+        found, params = list(results[0][0]), results[0][1]
+        if any(r[0] != found or r[1] != params for r in results) or (names and found != names):
             raise TransformError("preprocessing_fn called different analyzers on different pieces of the data: keep "
                                  "the calls unconditional and in a fixed order")
-        if all(v is not None for v in values):
+        names, values = found, values + [None] * (len(found) - len(values))
+        for i in results[0][2]:
+            kind = _KINDS[names[i]]
+            values[i] = kind.finish(functools.reduce(kind.merge, [r[2][i] for r in results]), **params[i])
+        if plan is None and None not in values:
             return names, values
-        progress = False
-        for i, name in enumerate(names):
-            parts = [r[2][i] for r in results]
-            if values[i] is not None or any(p is None for p in parts):
-                continue  # known, or its input depends on an analyzer of this phase: the next phase
-            kind, params = _KINDS[name], results[0][1][i]
-            merged = functools.reduce(kind.merge, parts)
-            values[i] = kind.finish(merged, **params)
-            progress = True
-        if not progress:
-            raise TransformError("preprocessing_fn's analyzers depend on values that change between two runs over "
-                                 "the same rows (randomness?): an analyzer's input must be a function of the data")
 
 
 def mean(x: Any) -> Any:
@@ -254,7 +308,7 @@ def max(x: Any) -> Any:  # noqa: A001 (tft's name)
 def _constant(value: Any) -> Any:
     import tensorflow as tf
 
-    return tf.constant(value, tf.float32)
+    return tf.cast(value, tf.float32) if tf.is_tensor(value) else tf.constant(value, tf.float32)
 
 
 def scale_to_z_score(x: Any) -> Any:
@@ -283,7 +337,10 @@ def compute_and_apply_vocabulary(x: Any, top_k: int | None = None) -> Any:
     """int64 ids of a string feature in its training vocabulary; unknown values: len(vocabulary)."""
     import tensorflow as tf
 
-    vocab = vocabulary(x, top_k)
+    vocab = _analyzer("vocabulary", x, as_tensor=True, top_k=top_k)
+    if tf.is_tensor(vocab):  # planning: a stand-in whose dependents must be seen
+        hits = tf.equal(tf.expand_dims(x, -1), vocab)
+        return tf.argmax(tf.cast(hits, tf.int32), axis=-1)
     if not vocab:
         return tf.zeros_like(x, tf.int64)
     table = tf.constant(vocab, tf.string)
@@ -302,7 +359,9 @@ def bucketize(x: Any, num_buckets: int) -> Any:
     """int64 bucket ids 0..num_buckets-1 by the training quantiles."""
     import tensorflow as tf
 
-    boundaries = quantiles(x, num_buckets)
+    boundaries = _analyzer("quantiles", x, as_tensor=True, num_buckets=num_buckets)
+    if tf.is_tensor(boundaries):  # planning: a stand-in whose dependents must be seen
+        return tf.searchsorted(boundaries, tf.cast(x, tf.float32), side="right", out_type=tf.int64)
     return tf.cast(tf.raw_ops.Bucketize(input=tf.cast(x, tf.float32), boundaries=boundaries), tf.int64)
 
 

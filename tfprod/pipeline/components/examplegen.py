@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+import pyarrow as pa
 
 from tfprod.pipeline import examples as ex
 from tfprod.pipeline.dsl import Component, PipelineError, RunContext
@@ -53,6 +56,15 @@ class ExampleGen(Component):
             if part["columns"] != columns:
                 raise PipelineError(f"the input files have different columns: {files[0]} has {columns}, {f} has "
                                     f"{part['columns']}")
+        try:  # one file's int column and another's floats (or its all-empty column): one type, as one read would
+            schema = pa.unify_schemas([part["schema"] for part in parts], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise PipelineError(f"the input files have different column types: {e}") from None
+        recast = [dataclasses.replace(job, schema=schema) for job, part in zip(jobs, parts, strict=True)
+                  if part["schema"] != schema]
+        if recast:
+            ctx.progress(f"{len(recast)} file(s) cast to the span's column types")
+            ctx.map(ex.split_file, recast)
         rows = {k: sum(part["rows"][k] for part in parts) for k in p["splits"]}
         if not sum(rows.values()):
             raise PipelineError(f"span {span} has no rows ({', '.join(files)})")

@@ -1,12 +1,14 @@
 """`tfprod pipeline compile PIPELINE.py --to kfp OUT.yaml`: a Kubeflow Pipelines v2 spec, written
 by the kfp SDK (`pip install tfprod[kfp]`).
 
-One KFP component per tfprod component, named after it, whose inputs are the handoffs of the
-components it reads: the artifacts pass by URI (and id) from task to task, and the DAG's edges are
-the pipeline's. Each task calls `tfprod.pipeline.engines.step` in the tfprod image (`--image`),
-which caches, records and publishes as the in-process runner does, in the store named by the
-run's `metadata_url` parameter; all tasks of a run share the KFP job's name as the run id. KFP's
-own caching is off: tfprod's cache key (code, parameters, input artifacts) decides.
+One KFP component per tfprod component, named after it, whose inputs (`in_PRODUCER`) are the
+handoffs of the components it reads: the artifacts pass by URI (and id) from task to task. The
+tasks also run one after another in the in-process order, so a step that stops the run (or
+fails) is seen by every later step before it starts. Each task calls
+`tfprod.pipeline.engines.step` in the tfprod image (`--image`), which caches, records and
+publishes as the in-process runner does, in the store named by the run's `metadata_url`
+parameter; all tasks of a run share the KFP job's name as the run id. KFP's own caching is off:
+tfprod's cache key (code, parameters, input artifacts) decides.
 
 The components are Python-function components rather than container components because kfp's
 local runner (`kfp.local.SubprocessRunner`, how the spec is tested without a cluster) refuses
@@ -16,7 +18,9 @@ hold kfp (the `kfp` extra): the components do not pip-install it at start.
 
 # no `from __future__ import annotations` here: kfp reads the pipeline function's annotations as types
 import json
+import keyword
 import linecache
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +37,7 @@ def entry(pipeline_file: str, component: str, run_id: str, settings: str, metada
     from tfprod.pipeline.engines.step import run_step
 
     pipeline = load(pipeline_file, json.loads(settings or "{}"))
+    metadata_url = metadata_url or os.environ.get("TFPROD_METADATA_URL", "")  # a password stays out of the spec
     if metadata_url:
         pipeline.metadata_url = metadata_url
     return json.dumps(run_step(pipeline, component, run_id, upstream,
@@ -40,7 +45,9 @@ def entry(pipeline_file: str, component: str, run_id: str, settings: str, metada
 
 
 def _name(text: str) -> str:
-    return re.sub(r"[^a-z0-9_]", "_", text.lower()).strip("_") or "step"
+    """A Python identifier (kfp's component and parameter names) for a component id."""
+    name = re.sub(r"[^a-z0-9_]", "_", text.lower()).strip("_") or "step"
+    return f"c_{name}" if keyword.iskeyword(name) or name[0].isdigit() else name
 
 
 def _component(component: Component, producers: list[str], image: str) -> Any:
@@ -50,11 +57,11 @@ def _component(component: Component, producers: list[str], image: str) -> Any:
 
     name = _name(component.id)
     args = ", ".join(["pipeline_file: str", "settings: str", "metadata_url: str", "run_id: str",
-                      *(f"{_name(p)}: str" for p in producers)])
+                      *(f"in_{_name(p)}: str" for p in producers)])
     source = (f"def {name}({args}) -> str:\n"
               f"    from tfprod.pipeline.engines.kfp import entry\n"
               f"    return entry(pipeline_file, {component.id!r}, run_id, settings, metadata_url, "
-              f"[{', '.join(_name(p) for p in producers)}])\n")
+              f"[{', '.join('in_' + _name(p) for p in producers)}])\n")
     filename = f"<tfprod kfp component {component.id}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {}
@@ -83,12 +90,15 @@ def compile_pipeline(pipeline: Pipeline, pipeline_file: str, out: str, *, image:
     def kfp_pipeline(pipeline_file: str = pipeline_file, settings: str = default_settings,
                      metadata_url: str = default_url) -> None:
         tasks: dict[str, Any] = {}
+        previous = None
         for c in order:
             task = factories[c.id](pipeline_file=pipeline_file, settings=settings, metadata_url=metadata_url,
                                    run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                   **{_name(p): tasks[p].output for p in producers[c.id]})
+                                   **{f"in_{_name(p)}": tasks[p].output for p in producers[c.id]})
             task.set_display_name(c.id)
             task.set_caching_options(False)
-            tasks[c.id] = task
+            if previous is not None:  # one after another, as in-process: a stop is seen by every later step
+                task.after(previous)
+            tasks[c.id] = previous = task
 
     compiler.Compiler().compile(kfp_pipeline, out)

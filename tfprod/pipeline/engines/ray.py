@@ -74,11 +74,16 @@ class RayEngine(Engine):
                                 "nothing of the step is published") from None
 
     def _cancel(self, refs: list[Any]) -> None:
+        """Stop the step's other tasks and wait for them, so none writes after the step's cleanup."""
         for ref in refs:
             try:
                 self._ray.cancel(ref, force=True)
             except Exception:  # already finished or gone
                 pass
+        try:
+            self._ray.wait(refs, num_returns=len(refs), timeout=60)
+        except Exception:  # cancelled and failed tasks raise on get, not on wait; a lost cluster: nothing to wait for
+            pass
 
     def close(self) -> None:
         self._ray.shutdown()

@@ -44,7 +44,8 @@ def run_step(pipeline: Pipeline, component_id: str, run_id: str, upstream: Seque
         except ValueError:
             raise PipelineError(f"--upstream {text[:200]!r} is not the handoff of a tfprod pipeline step") from None
         handoffs.append(handoff)
-    os.makedirs(pipeline.root, exist_ok=True)
+    if "://" not in pipeline.root:
+        os.makedirs(pipeline.root, exist_ok=True)
     store = MetadataStore(pipeline.store_url())
     try:
         current = runner.open_run(pipeline, store, run_id, runner.Engine(), use_cache, progress)
@@ -75,7 +76,7 @@ def _input(store: MetadataStore, run: runner.Run, component: Component, name: st
             found = store.artifact(int(h["outputs"][key]["id"]))
             if found is None:
                 raise PipelineError(f"{component.id}.{name}: artifact {h['outputs'][key]['id']} of {producer} is not "
-                                    f"in the metadata store at {run.pipeline.store_url()}")
+                                    f"in the metadata store at {store.public_url}")
             return found
     done = [e for e in store.executions(run.contexts[1])
             if e.component == producer and e.state in ("COMPLETE", "CACHED")]
