@@ -111,7 +111,8 @@ def test_files_are_served_with_their_types_and_isolation_headers(served: ServerP
     assert shard.status_code == 200 and shard.headers["content-type"] == "application/octet-stream"
     for path in ("/ui/models/digits/versions/1/tfjs/..%2Fsaved_model.pb",
                  "/ui/models/digits/static/..%2F..%2Fcli.py", "/ui/models/digits/static/tfjs/manifest.jsonx",
-                 "/ui/models/digits/versions/1/tfjs/.hidden"):
+                 "/ui/models/digits/versions/1/tfjs/.hidden",
+                 "/ui/models/no_such_model/static/tfjs/tf-core.min.js"):  # only under a model this server serves
         assert served.client.get(path).status_code == 404, path
     assert served.client.post("/ui/models/digits/browser").status_code == 404
 
@@ -200,6 +201,8 @@ def test_converting_a_signed_serving_version_neither_disturbs_it_nor_hands_out_u
     assert refused.status_code == 403 and "not covered by its signature" in refused.json()["error"]
     with open(shard, "wb") as f:
         f.write(original)
+    restored = server.client.get("/ui/models/digits/versions/1/tfjs/group1-shard1of1.bin", headers=_key("viewer"))
+    assert restored.status_code == 200 and restored.content == original  # checked again: the signed bytes
 
 
 def test_re_signing_refuses_a_version_that_changed_since_it_was_signed(signed: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ the version after it was signed, and a browser must never run files nobody signe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import threading
@@ -39,7 +38,7 @@ Route = tuple[str, str, Callable[[bytes], Response]]
 class _Verified:
     stamp: object  # the version's files (path, inode, mtime, ctime, size) when it was checked
     refusal: str  # why its signature does not cover it, or ""
-    digests: dict[str, str]  # sha256 of each tfjs/ file as verified
+    files: dict[str, page.File]  # the tfjs/ files as read while the signature was checked: what is served
 
 
 class UiRoutes:
@@ -55,7 +54,7 @@ class UiRoutes:
             raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
         if m := _STATIC.fullmatch(path):
             name, file = unquote(m.group(1)), m.group(2)
-            return name, "StaticFiles", lambda _: _file(page.static_file(file), if_none_match, f"no file {file}")
+            return name, "StaticFiles", lambda _: self._static(name, file, if_none_match)
         if m := _PAGE.fullmatch(path):
             name, version = unquote(m.group(1)), m.group(2)
             return name, "BrowserPage", lambda _: self._page(name, int(version) if version else None)
@@ -64,12 +63,16 @@ class UiRoutes:
             return name, "ModelFiles", lambda _: self._model_file(name, version, file, if_none_match)
         raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
 
+    def _static(self, name: str, file: str, if_none_match: str | None) -> Response:
+        self._service.version_dir(ModelSpec(name, None))  # a model this server serves (else NOT_FOUND)
+        return _file(page.static_file(file), if_none_match, f"no file {file}")
+
     def _page(self, name: str, version: int | None) -> Response:
         version, path = self._service.version_dir(ModelSpec(name, version))
         tfjs_dir = os.path.join(path, TFJS_DIR)
         if not os.path.isfile(os.path.join(tfjs_dir, MODEL_JSON)):
             return Response(page.missing_page(name, version), 404, media_type="text/html", headers=page.ISOLATION)
-        self._signed_digests(name, version, path)
+        self._signed_files(name, version, path)
         model = f"/ui/models/{quote(name, safe='')}"
         base = f"{model}/versions/{version}"
         content = page.render(model=name, version=version, static_url=f"{model}/static/",
@@ -80,44 +83,43 @@ class UiRoutes:
 
     def _model_file(self, name: str, version: int, file: str, if_none_match: str | None) -> Response:
         version, path = self._service.version_dir(ModelSpec(name, version))
-        digests = self._signed_digests(name, version, path)
-        found = page.model_file(os.path.join(path, TFJS_DIR), file)
-        if found is not None and digests is not None and hashlib.sha256(found.content).hexdigest() != digests.get(file):
-            with self._lock:  # changed since it was verified: never served; checked again next time
-                self._verified.pop(path, None)
-            raise self._refused(name, version, f"tfjs/{file} changed after its signature was checked")
+        signed = self._signed_files(name, version, path)
+        found = signed.get(file) if signed is not None else page.model_file(os.path.join(path, TFJS_DIR), file)
         return _file(found, if_none_match, f"version {version} of model '{name}' has no TF.js file {file}")
 
-    def _signed_digests(self, name: str, version: int, path: str) -> dict[str, str] | None:
-        """None when versions need no signature; else the sha256 of each tfjs/ file as the
-        version's signature covers them (403 when it does not). The bytes served are checked
-        against these, so a file changed after the check is never handed out."""
+    def _signed_files(self, name: str, version: int, path: str) -> dict[str, page.File] | None:
+        """None when versions need no signature; else the tfjs/ files as read while the version's
+        signature was checked (403 when it does not cover them). They are served from memory until
+        any file of the version changes (inode, mtime, ctime or size), so what a browser gets is
+        what was verified, with no hashing per request."""
         rules = self._guard.config.models
         if not rules.require_signature:
             return None
+        stamp = _stamp(path)
         with self._lock:
+            known = self._verified.get(path)
             checking = self._checking.setdefault(path, threading.Lock())
-        with checking:  # the page's parallel fetches wait for one verification instead of each hashing
-            stamp = _stamp(path)
-            with self._lock:
-                known = self._verified.get(path)
-            if known is None or known.stamp != stamp:  # converted, re-signed, touched: check again
-                tfjs_dir = os.path.join(path, TFJS_DIR)
-                before = _digests(tfjs_dir)
-                try:
-                    signing.verify(path, rules.trusted_keys)
-                    refusal = ""
-                except signing.VerificationError as e:
-                    refusal = str(e)
-                after = _digests(tfjs_dir)
-                if before != after:
-                    refusal = refusal or "its TF.js files changed while they were checked"
-                known = _Verified(stamp, refusal, after)
+        if known is None or known.stamp != stamp:  # converted, re-signed, touched: check again
+            with checking:  # the page's parallel fetches wait for one verification instead of each hashing
                 with self._lock:
-                    self._verified[path] = known
+                    known = self._verified.get(path)
+                if known is None or known.stamp != stamp:
+                    tfjs_dir = os.path.join(path, TFJS_DIR)
+                    files = {n: f for n in (os.listdir(tfjs_dir) if os.path.isdir(tfjs_dir) else [])
+                             if (f := page.model_file(tfjs_dir, n)) is not None}
+                    try:
+                        signing.verify(path, rules.trusted_keys)
+                        refusal = ""
+                    except signing.VerificationError as e:
+                        refusal = str(e)
+                    if _stamp(path) != stamp:  # written while it was read or verified
+                        refusal = refusal or "its files changed while they were checked"
+                    known = _Verified(stamp, refusal, files)
+                    with self._lock:
+                        self._verified[path] = known
         if known.refusal:
             raise self._refused(name, version, known.refusal)
-        return known.digests
+        return known.files
 
     @staticmethod
     def _refused(name: str, version: int, why: str) -> ServingError:
@@ -138,17 +140,6 @@ def _stamp(path: str) -> object:
                 continue
             found.append((os.path.join(root, f), st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
     return tuple(sorted(found))
-
-
-def _digests(tfjs_dir: str) -> dict[str, str]:
-    out = {}
-    for name in sorted(os.listdir(tfjs_dir)) if os.path.isdir(tfjs_dir) else []:
-        try:
-            with open(os.path.join(tfjs_dir, name), "rb") as f:
-                out[name] = hashlib.sha256(f.read()).hexdigest()
-        except (FileNotFoundError, IsADirectoryError):
-            continue
-    return out
 
 
 def _file(found: page.File | None, if_none_match: str | None, missing: str) -> Response:
