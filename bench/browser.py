@@ -14,20 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from run import Server, free_port  # bench/run.py: the bench's server process and ports
 
 _MEASURE = """async (runs) => {
   const inputs = {};
@@ -61,22 +52,11 @@ def main() -> int:
         shutil.copytree(args.version_dir, version)
         if not os.path.isfile(os.path.join(version, tfjs.TFJS_DIR, tfjs.MODEL_JSON)):
             tfjs.export(version)
-        port = _free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tfprod", "serve", "--host=127.0.0.1", f"--rest_api_port={port}",
-             f"--port={_free_port()}", "--model_name=model", f"--model_base_path={os.path.dirname(version)}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        port = free_port()
+        server = Server("tfprod", [sys.executable, "-m", "tfprod", "serve", "--host=127.0.0.1",
+                                   f"--rest_api_port={port}", f"--port={free_port()}", "--model_name=model",
+                                   f"--model_base_path={os.path.dirname(version)}"], port, "/readyz")
         try:
-            import httpx
-
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
                 tab = browser.new_page()
@@ -90,8 +70,7 @@ def main() -> int:
                 threads = tab.evaluate("tfprodPage.threads")
                 browser.close()
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
     print(f"page to model ready: {ready_ms:.0f} ms (TF.js {tfjs.runtime_version()}, WASM, {threads} thread(s))")
     print(f"in-browser answer, 1 row: median {run_p50:.2f} ms, P90 {run_p90:.2f} ms ({args.runs} runs)")
     print(f"page compare (browser + server REST): median {cmp_p50:.2f} ms, P90 {cmp_p90:.2f} ms")

@@ -91,11 +91,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def chromium() -> Iterator:  # type: ignore[type-arg]
     """Debian's headless Chromium under Playwright (its own browser download needs the internet)."""
-    import shutil
-
     from playwright.sync_api import sync_playwright
 
-    path = shutil.which("chromium")
+    from tfprod.edge.parity import chromium_path
+
+    path = chromium_path()  # $TFPROD_CHROMIUM, else chromium / chromium-browser / google-chrome on the PATH
     if path is None:
         pytest.fail("Chromium is not installed: `make test` installs it (apt-get install chromium)")
     with sync_playwright() as p:
