@@ -265,3 +265,12 @@ def test_parity_cli_passes_on_a_good_version_and_fails_on_a_mismatched_tflite(ed
     assert "FAILED: 1 of 1" in done.stdout and "model.tflite" in done.stdout
     done = _cli("parity", version, "--runtimes", "tf,coreml")
     assert done.returncode == 2 and "coreml" in done.stderr
+
+
+def test_tools_pick_the_same_default_signature() -> None:
+    """convert --to tfjs, convert --report and parity: serving_default, else the only one, else ask."""
+    from tfprod.signature import default_signature_key
+
+    assert default_signature_key(["predict", "serving_default"]) == "serving_default"
+    assert default_signature_key(["predict"]) == "predict"
+    assert default_signature_key(["double", "triple"]) == ""

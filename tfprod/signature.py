@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 import ml_dtypes
 import numpy as np
@@ -82,3 +82,10 @@ class Signature:
             if name not in self.outputs:
                 raise invalid(f"output tensor alias not found in signature: {name} Outputs expected "
                               f"to be in the set {{{','.join(sorted(self.outputs))}}}.")
+
+
+def default_signature_key(keys: Iterable[str]) -> str:
+    """The signature a tool uses when none is named: serving_default if present, else the only
+    one; "" when there are several (the caller asks which)."""
+    found = sorted(keys)
+    return DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in found else found[0] if len(found) == 1 else ""

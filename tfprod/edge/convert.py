@@ -25,7 +25,7 @@ import numpy as np
 from tfprod.edge import tfjs
 from tfprod.format.saved_model import read_meta_graph, signatures_of
 from tfprod.servables.tflite import TFLITE_FILE
-from tfprod.signature import DEFAULT_SIGNATURE, Signature
+from tfprod.signature import DEFAULT_SIGNATURE, Signature, default_signature_key
 
 MODES = ("none", "dynamic", "float16", "int8")
 MAX_CALIBRATION_ROWS = 1000
@@ -314,7 +314,10 @@ def _report(args: argparse.Namespace, files: dict[str, bytes]) -> int:
 
     console = Console(stderr=True)
     signatures = signatures_of(read_meta_graph(args.saved_model_dir, frozenset({"serve"})))
-    key = (args.signature or [DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in signatures else next(iter(signatures))])[0]
+    key = (args.signature or [default_signature_key(signatures)])[0]
+    if key not in signatures:
+        raise ConversionError(f"choose the signature to report on with --signature (found {sorted(signatures)})"
+                              if not key else f"no signature {key!r} (it has {sorted(signatures)})")
     source = args.eval or args.representative
     if not source:
         raise ConversionError("--report needs evaluation inputs: --eval FILE (or --representative FILE)")

@@ -39,7 +39,7 @@ from tfprod.edge.convert import ConversionError, convert, representative_rows
 from tfprod.errors import ServingError
 from tfprod.format.saved_model import read_meta_graph, signatures_of
 from tfprod.servables.tflite import TFLITE_FILE
-from tfprod.signature import DEFAULT_SIGNATURE, Signature
+from tfprod.signature import DEFAULT_SIGNATURE, Signature, default_signature_key
 
 RUNTIMES = ("tf", "tflite", "tfjs")
 TFLITE_CLASS = {"none": "fp32", "float16": "fp16", "dynamic": "8-bit", "int8": "8-bit"}
@@ -459,10 +459,10 @@ def main(argv: Sequence[str]) -> int:
         runtimes.remove("tfjs")
     try:
         signatures = signatures_of(read_meta_graph(args.version_dir, frozenset({"serve"})))
-        usable = sorted(k for k in signatures if not k.startswith("__"))
-        key = args.signature or (DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in usable else usable[0] if usable else "")
+        key = args.signature or default_signature_key(signatures)
         if key not in signatures:
-            raise ParityError(f"no signature {key!r} in {args.version_dir} (it has {usable})")
+            raise ParityError(f"choose the signature to check with --signature (found {sorted(signatures)})" if not key
+                              else f"no signature {key!r} in {args.version_dir} (it has {sorted(signatures)})")
         sig = signatures[key]
         if args.inputs:
             rows = representative_rows(args.inputs, sig, limit=100_000)

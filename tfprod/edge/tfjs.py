@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tfprod.format.audit import read_metadata
-from tfprod.signature import DEFAULT_SIGNATURE
+from tfprod.signature import default_signature_key
 
 TFJS_DIR = "tfjs"
 MODEL_JSON = "model.json"
@@ -175,8 +175,8 @@ def _frozen(version_dir: str, key: str) -> tuple[Any, dict[str, Any], dict[str, 
         meta_graph = read_meta_graph(version_dir, frozenset({"serve"}))
     except Exception as e:  # a missing or corrupt saved_model.pb, no 'serve' meta graph: all say the same
         raise ConversionError(f"cannot read {version_dir} as a SavedModel: {str(e)[:300]}") from None
-    keys = sorted(k for k in signatures_of(meta_graph) if not k.startswith("__"))
-    key = key or (DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in keys else (keys[0] if len(keys) == 1 else ""))
+    keys = sorted(signatures_of(meta_graph))
+    key = key or default_signature_key(keys)
     if key not in keys:
         raise ConversionError(f"choose the signature to convert with --signature (found {keys})" if not key
                               else f"no signature {key!r} in {version_dir} (it has {keys})")
