@@ -6,12 +6,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from conftest import free_port
 
 
 def _bin(name: str) -> str:
@@ -27,12 +28,6 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def server() -> Iterator[str]:
     """Yields the URL of a database `tfprod` on a new local server; stops and removes it after."""
@@ -43,7 +38,7 @@ def server() -> Iterator[str]:
         shutil.chown(root, "postgres")
     subprocess.run(_as_postgres([_bin("initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
                    check=True, capture_output=True)
-    port = _port()
+    port = free_port()
     log = os.path.join(root, "server.log")
     subprocess.run(_as_postgres([_bin("pg_ctl"), "-D", data, "-l", log, "-w", "-t", "60", "-o",
                                  f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]),

@@ -84,6 +84,42 @@ def test_statistics_match_numpy_and_do_not_depend_on_the_batching() -> None:
         assert a == b
 
 
+def test_statistics_over_parquet_row_groups_equal_the_table_in_memory(tmp_path: Any) -> None:
+    """What StatisticsGen computes (pieces read from the split's files, merged in order) is what the
+    same pieces give in memory, to the last bit."""
+    table = _table()
+    os.makedirs(tmp_path / "Split-train")
+    pq.write_table(table.slice(0, 200), tmp_path / "Split-train" / "data-00000-of-00002.parquet", row_group_size=64)
+    pq.write_table(table.slice(200), tmp_path / "Split-train" / "data-00001-of-00002.parquet", row_group_size=64)
+    units = ex.units(str(tmp_path), "train")
+    assert len(units) == 4 + 5
+    from_files = stats.compute_units(units, "train", lambda fn, items: [fn(i) for i in items])
+    pieces = [table.slice(0, 200).slice(i, 64) for i in range(0, 200, 64)] + [
+        table.slice(200).slice(i, 64) for i in range(0, 300, 64)]
+    assert from_files == stats.compute_units(pieces, "train", lambda fn, items: [fn(i) for i in items])
+    assert from_files.num_examples == 500 and [f.path.step[0] for f in from_files.features] == table.schema.names
+
+
+def test_pipeline_wiring_errors_are_clear(tmp_path: Any) -> None:
+    examples = ExampleGen(input_base=str(tmp_path))
+    statistics = StatisticsGen(examples=examples)  # a component with one output stands for it
+    with pytest.raises(ValueError, match=r"component ids must differ: \['StatisticsGen'\]"):
+        Pipeline("p", root=str(tmp_path), components=[examples, statistics, StatisticsGen(examples=examples)])
+    with pytest.raises(ValueError, match="StatisticsGen.examples reads ExampleGen, which is not in the pipeline"):
+        Pipeline("p", root=str(tmp_path), components=[statistics])
+    with pytest.raises(TypeError, match="must be another component's output"):
+        StatisticsGen(examples="data/")
+    with pytest.raises(TypeError, match="needs the input"):
+        StatisticsGen()
+    with pytest.raises(ValueError, match="letters, digits"):
+        Pipeline("no spaces", root=str(tmp_path), components=[])
+    other = StatisticsGen(id="Other", examples=examples)
+    statistics.inputs["examples"] = other.outputs["statistics"]  # a cycle, wired by hand
+    other.inputs["examples"] = statistics.outputs["statistics"]
+    with pytest.raises(ValueError, match="the pipeline has a cycle"):
+        Pipeline("p", root=str(tmp_path), components=[statistics, other]).ordered()
+
+
 def test_statistics_take_awkward_columns() -> None:
     table = pa.table({"ids": pa.array([2**62, 2**62 + 1, 5], pa.int64()), "x": pa.array([1.0, np.inf, -np.inf]),
                       "empty": pa.nulls(3)})

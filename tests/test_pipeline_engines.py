@@ -418,6 +418,42 @@ def test_step_errors_are_clear(tmp_path: Any) -> None:
     assert junk.returncode == 1 and "is not the handoff of a tfprod pipeline step" in _flat(junk.stderr)
     s3_root = _tfprod("pipeline", "run", common[0], "--set", f"data={tmp_path}", "--set", "root=s3://bucket/x")
     assert s3_root.returncode == 2 and "pass metadata_url" in _flat(s3_root.stderr)
+    secret = _tfprod("pipeline", "compile", common[0], "--to", "airflow", str(tmp_path / "dag.py"), *common[1:],
+                     "--metadata_url", "postgresql://tfprod:hunter2@db.internal/metadata")
+    assert secret.returncode == 2 and "TFPROD_METADATA_URL" in _flat(secret.stderr)
+    assert not (tmp_path / "dag.py").exists()
+    from tfprod.pipeline.engines import kfp
+
+    assert [kfp._name(i) for i in ("Class", "1Stats", "Stats-Gen", "!")] == ["c_class", "c_1stats", "stats_gen", "step"]
+
+
+def test_a_step_stopped_by_sigterm_records_failed_and_publishes_nothing(credit_data: str, tmp_path: Any) -> None:
+    """What an orchestrator does to a task it gives up on: the step unwinds, not just dies."""
+    (tmp_path / "slow_pipeline.py").write_text(SLOW_PIPELINE)
+    (tmp_path / "slow_work.py").write_text(SLOW_WORK)
+    pid_file, url = tmp_path / "worker.pid", f"sqlite:///{tmp_path / 'metadata.sqlite'}"
+    args = [str(tmp_path / "slow_pipeline.py"), "--set", f"root={tmp_path / 'root'}", "--set", f"data={credit_data}",
+            "--set", f"metadata={url}"]
+    assert _tfprod("pipeline", "step", args[0], "ExampleGen", "--run_id", "r1", *args[1:]).returncode == 0
+    step = subprocess.Popen([sys.executable, "-m", "tfprod", "pipeline", "step", args[0], "Slow", "--run_id", "r1",
+                             *args[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PID_FILE": str(pid_file), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists():
+            assert step.poll() is None and time.monotonic() < deadline, step.communicate()[1][-3000:]
+            time.sleep(0.2)
+        assert int(pid_file.read_text()) == step.pid  # in-process: the work runs in the step itself
+        step.send_signal(signal.SIGTERM)
+        step.communicate(timeout=60)
+    finally:
+        if step.poll() is None:
+            step.kill()
+    assert step.returncode == 143
+    executions = _executions(url, "r1")
+    assert [e.state for e in executions["Slow"]] == ["FAILED"]
+    assert executions["Slow"][0].properties["error"] == "interrupted (SystemExit)"
+    assert not (tmp_path / "root" / "Slow").exists() and os.listdir(tmp_path / "root" / ".staging") == []
 
 
 def test_s3_artifact_root_with_ray_workers_reproduces_the_local_run_and_caches(

@@ -264,3 +264,24 @@ def test_analyzers_merge_over_pieces_in_phases_as_over_the_whole_column(tmp_path
         assert values[i] == pytest.approx(results["whole"][1][i], rel=1e-12)
     assert [v for i, v in enumerate(values) if i not in (0, 1, 8, 9)] == [
         v for i, v in enumerate(results["whole"][1]) if i not in (0, 1, 8, 9)]
+
+
+def test_a_function_that_cannot_be_traced_is_analyzed_one_analyzer_per_phase(tmp_path: Any) -> None:
+    import pyarrow as pa
+
+    from tfprod.pipeline import transform as tft
+    from tfprod.pipeline.runner import Engine
+
+    os.makedirs(tmp_path / "Split-train")
+    x = np.arange(100.0)
+    pq.write_table(pa.table({"x": x}), tmp_path / "Split-train" / "data.parquet", row_group_size=30)
+    (tmp_path / "prep.py").write_text(
+        "from tfprod.pipeline import transform as tft\n"
+        "def preprocessing_fn(inputs):\n"
+        "    m = float(tft.mean(inputs['x']).numpy())  # eager only: a graph trace fails here\n"
+        "    return {'above': tft.mean(inputs['x'] - m) + 0.0 * inputs['x']}\n")
+    names, values = tft.analyze(str(tmp_path / "prep.py"), ex.units(str(tmp_path), "train"), ["x"],
+                                {"x": "float32"}, Engine().map)
+    assert names == ["mean", "mean"]
+    assert values[0] == pytest.approx(49.5) and values[1] == pytest.approx(0.0, abs=1e-6)
+

@@ -162,6 +162,10 @@ class RunContext:
     map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] = lambda fn, items: [fn(i) for i in items]
     # shared(key): where outputs its workers write go (the final URI on an object-storage root)
     shared: Callable[[str], str] | None = None
+    # what the runner resolved into the step's cache key: describe_params() and cache_context(), so
+    # the step uses the very span, files and baselines its key names
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cache_context: dict[str, Any] = dataclasses.field(default_factory=dict)
     outputs: dict[str, Artifact] = dataclasses.field(default_factory=dict)
     stop_reason: str = ""
 
@@ -185,10 +189,6 @@ class RunContext:
         else:
             self.outputs[key].properties.update(properties)
         return self.outputs[key]
-
-    def previous(self, type: str, where: Mapping[str, Any] | None = None) -> list[Artifact]:
-        """Artifacts of `type` that earlier runs of this pipeline published, newest first."""
-        return self.store.artifacts(type, self.pipeline_context, dict(where or {}))
 
     def stop(self, reason: str) -> None:
         """Publish this step's outputs, then stop the run (later components do not run)."""

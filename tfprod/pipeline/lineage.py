@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tfprod.format.audit import read_metadata
-from tfprod.pipeline import storage
+from tfprod.pipeline.components import evaluator as evaluator_component
 from tfprod.pipeline.store import Artifact, Execution, MetadataStore
 
 
@@ -76,10 +76,7 @@ def chain(version_dir: str, metadata_url: str = "") -> dict[str, Any]:
         schema = _one(store.inputs_of(validator.id), "schema") if validator else None
         evaluator = _produced_by(store, blessing)
         evaluation = _one(store.outputs_of(evaluator.id), "evaluation") if evaluator else None
-        details: dict[str, Any] = {}
-        if evaluation is not None and os.path.isfile(os.path.join(storage.localize(evaluation.uri), "evaluation.json")):
-            with open(os.path.join(storage.localize(evaluation.uri), "evaluation.json")) as f:
-                details = json.load(f)
+        details = (evaluator_component.load(evaluation) if evaluation is not None else None) or {}
         props = (lambda a: dict(a.properties) if a is not None else None)  # noqa: E731
         return {
             "version": int(os.path.basename(version_dir)) if os.path.basename(version_dir).isdigit() else None,

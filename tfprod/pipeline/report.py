@@ -4,22 +4,17 @@ distribution in this span against the drift baseline, with its drift measure) an
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
 
 from tfprod.pipeline import storage
-from tfprod.pipeline.components import statisticsgen
-from tfprod.pipeline.runner import RunResult, StepResult
+from tfprod.pipeline.components import evaluator, statisticsgen
+from tfprod.pipeline.runner import RunResult
 from tfprod.pipeline.store import MetadataStore
 from tfprod.pipeline.validate import rebucket, standard_histogram
 
 MAX_FEATURES = 36
-
-
-def _step(result: RunResult, component_type: str) -> StepResult | None:
-    return next((s for s in result.steps if s.component == component_type), None)
 
 
 def write(result: RunResult, root: str, store: MetadataStore) -> str:
@@ -44,11 +39,9 @@ def write(result: RunResult, root: str, store: MetadataStore) -> str:
     anomalies = next((s.outputs["anomalies"] for s in result.steps if "anomalies" in s.outputs), None)
     if statistics is not None:
         baseline = None
-        if anomalies is not None and anomalies.properties.get("drift_baseline_span") is not None:
-            baseline_id = next((a.properties.get("statistics_id") for a in store.artifacts("ExampleAnomalies")
-                                if a.properties.get("span") == anomalies.properties["drift_baseline_span"]
-                                and a.properties.get("blessed")), None)
-            baseline = store.artifact(baseline_id) if baseline_id else None
+        baseline_id = anomalies.properties.get("drift_baseline_statistics_id") if anomalies is not None else None
+        if baseline_id is not None:  # the statistics the validator compared with
+            baseline = store.artifact(baseline_id)
         measures = (anomalies.properties.get("measurements") or {}).get("train", {}) if anomalies else {}
         _features(statistics, baseline, measures, os.path.join(folder, "features.png"))
         lines += ["", "## Statistics and drift (train split)", "",
@@ -58,9 +51,8 @@ def write(result: RunResult, root: str, store: MetadataStore) -> str:
         lines += ["", "## Anomalies", ""] + ([f"- {split}: {a}" for split, items in found.items() for a in items]
                                               or ["None."])
     evaluation = next((s.outputs["evaluation"] for s in result.steps if "evaluation" in s.outputs), None)
-    if evaluation is not None and os.path.isfile(os.path.join(storage.localize(evaluation.uri), "evaluation.json")):
-        with open(os.path.join(storage.localize(evaluation.uri), "evaluation.json")) as f:
-            doc = json.load(f)
+    doc = evaluator.load(evaluation) if evaluation is not None else None
+    if doc is not None:
         _evaluation(doc, os.path.join(folder, "evaluation.png"))
         lines += ["", "## Evaluation", "", f"Blessed: **{doc['blessed']}**" + (
             f" ({'; '.join(doc['reasons'])})" if doc["reasons"] else ""), "",

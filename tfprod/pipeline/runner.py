@@ -37,6 +37,11 @@ class StepResult:
     seconds: float
     message: str = ""
 
+    @property
+    def stops(self) -> bool:
+        """Whether the run ends here: the step stopped it, now or (CACHED) when it last ran."""
+        return bool(self.message) and self.state in ("STOPPED", "CACHED")
+
 
 @dataclasses.dataclass
 class RunResult:
@@ -107,7 +112,7 @@ def run(pipeline: Pipeline, *, use_cache: bool = True, progress: Callable[[str, 
             result.steps.append(step_result)
             for key, artifact in step_result.outputs.items():
                 produced[(id(component), key)] = artifact
-            if step_result.message and step_result.state in ("STOPPED", "CACHED"):
+            if step_result.stops:
                 result.stopped = f"{component.id}: {step_result.message}"
                 break
         from tfprod.pipeline import report
@@ -134,8 +139,8 @@ def step(run: Run, component: Component, inputs: dict[str, list[Artifact]]) -> S
     store, say, root = run.store, run.say, run.pipeline.root
     try:  # once per step: ExampleGen's parameters hash its input files, the code version hashes code
         params, code_version = component.describe_params(), component.code_version()
-        key = cache_key(component, params, code_version, inputs, run.pipeline.name,
-                        component.cache_context(store, run.pipeline_ctx, inputs))
+        context = component.cache_context(store, run.pipeline_ctx, inputs)
+        key = cache_key(component, params, code_version, inputs, run.pipeline.name, context)
     except Exception as e:  # its inputs cannot even be found (no files for the pattern, no module file...)
         if not isinstance(e, PipelineError):
             e = PipelineError(f"{type(e).__name__}: {e}")
@@ -167,7 +172,7 @@ def step(run: Run, component: Component, inputs: dict[str, list[Artifact]]) -> S
         return finals[key]
     ctx = RunContext(component, inputs, store, run.pipeline_ctx, run.run_id, staging,
                      functools.partial(say, component.id), run.pipeline.name, run.engine.map,
-                     shared=final if storage.remote(root) else None)
+                     shared=final if storage.remote(root) else None, params=params, cache_context=context)
     say(component.id, "running")
     published: list[str] = []
     try:

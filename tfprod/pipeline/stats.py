@@ -158,23 +158,23 @@ def batches(table: pa.Table, rows: int = BATCH_ROWS) -> Iterable[pa.RecordBatch]
 
 
 def compute(table: pa.Table, name: str = "", rows: int = BATCH_ROWS) -> statistics_pb2.DatasetFeatureStatistics:
-    """Both passes over `table` in batches of `rows`, then the proto."""
-    partials: Partials = {}
-    for batch in batches(table, rows):
-        partials = merge(partials, first_pass(batch))
-    ranges = {n: (p.low, p.high) for n, p in partials.items() if isinstance(p, NumericPartial)
-              and p.count > p.nan}
-    counts: dict[str, np.ndarray] = {}
-    for batch in batches(table, rows):
-        counts = merge_counts(counts, second_pass(batch, ranges))
-    return to_proto(name, table.num_rows, partials, counts, list(table.schema.names))
+    """Both passes over an in-memory `table`, in pieces of `rows`, then the proto."""
+    pieces = [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
+    return compute_units(pieces, name, lambda fn, items: [fn(i) for i in items])
+
+
+def _read(unit: Any) -> pa.Table:
+    """A piece of a split: an `examples.Unit` (a file's row group), or a table already in memory."""
+    if isinstance(unit, pa.Table):
+        return unit
+    from tfprod.pipeline import examples
+
+    return examples.read_unit(unit)
 
 
 def unit_first_pass(unit: Any) -> tuple[int, Partials]:
-    """Rows and merged first-pass partials of one piece of a split (`examples.Unit`)."""
-    from tfprod.pipeline import examples
-
-    table = examples.read_unit(unit)
+    """Rows and merged first-pass partials of one piece of a split."""
+    table = _read(unit)
     partials: Partials = {}
     for batch in batches(table):
         partials = merge(partials, first_pass(batch))
@@ -182,11 +182,9 @@ def unit_first_pass(unit: Any) -> tuple[int, Partials]:
 
 
 def unit_second_pass(job: tuple[Any, dict[str, tuple[float, float]]]) -> dict[str, np.ndarray]:
-    from tfprod.pipeline import examples
-
     unit, ranges = job
     counts: dict[str, np.ndarray] = {}
-    for batch in batches(examples.read_unit(unit)):
+    for batch in batches(_read(unit)):
         counts = merge_counts(counts, second_pass(batch, ranges))
     return counts
 

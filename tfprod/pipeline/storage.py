@@ -118,14 +118,6 @@ def upload(local: str, uri: str) -> None:
         fs.pipe_file(join(uri, EMPTY), b"")
 
 
-def copy(src: str, dst: str) -> None:
-    """Copy the remote directory `src` to `dst` on the same store, object by object."""
-    fs = fs_of(src)
-    prefix = fs._strip_protocol(src).rstrip("/")
-    for path in fs.find(src):
-        fs.copy(path, join(dst, os.path.relpath(path, prefix)))
-
-
 def remove(uri: str) -> None:
     if remote(uri):
         fs = fs_of(uri)

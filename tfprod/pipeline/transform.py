@@ -72,6 +72,11 @@ def _chan(p: tuple[int, float, float], q: tuple[int, float, float]) -> tuple[int
     return n + k, m + delta * k / (n + k), m2 + m2q + delta * delta * n * k / (n + k)
 
 
+def _reduce(fn: Callable[[np.ndarray], Any], a: np.ndarray) -> float | None:
+    x = _numbers(a)
+    return float(fn(x)) if x.size else None  # None: a piece without numbers
+
+
 def _extreme(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return lambda p, q: q if p is None else p if q is None else pick(p, q)
 
@@ -102,10 +107,8 @@ class _Kind:
 _KINDS = {
     "mean": _Kind(lambda a: _moments(a), _chan, lambda p: p[1], 0.0),
     "std": _Kind(lambda a: _moments(a), _chan, lambda p: math.sqrt(p[2] / p[0]) if p[0] else 0.0, 1.0),
-    "min": _Kind(lambda a: float(_numbers(a).min()) if _numbers(a).size else None, _extreme(builtins.min),
-                 lambda p: 0.0 if p is None else p, 0.0),
-    "max": _Kind(lambda a: float(_numbers(a).max()) if _numbers(a).size else None, _extreme(builtins.max),
-                 lambda p: 0.0 if p is None else p, 1.0),
+    "min": _Kind(lambda a: _reduce(np.min, a), _extreme(builtins.min), lambda p: 0.0 if p is None else p, 0.0),
+    "max": _Kind(lambda a: _reduce(np.max, a), _extreme(builtins.max), lambda p: 0.0 if p is None else p, 1.0),
     "vocabulary": _Kind(lambda a, top_k=None: _words(a), lambda p, q: p + q,
                         lambda p, top_k=None: [v for v, _ in sorted(p.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]],
                         []),
@@ -198,9 +201,10 @@ def _plan(fn: Callable[..., Any], features: list[str], dtypes: dict[str, str], n
     ready (their input depends on no unknown analyzer). None when `fn` cannot be traced."""
     import tensorflow as tf
 
+    from tfprod.pipeline.components import _user
+
     trace = _Trace(_PLAN, list(values), list(names))
-    specs = [tf.TensorSpec([None], tf.string if dtypes[c] == "string" else getattr(tf, dtypes[c]), name=c)
-             for c in features]
+    specs = _user.specs(features, dtypes)
 
     def traced(*args: Any) -> Any:
         token = _current.set(trace)

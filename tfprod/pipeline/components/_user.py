@@ -43,6 +43,14 @@ def dtype_of(t: pa.DataType) -> str:
     return "string"
 
 
+def specs(columns: Sequence[str], dtypes: dict[str, str]) -> list[Any]:
+    """The `tf.TensorSpec`s of raw feature columns (1-D, any batch), named after them."""
+    import tensorflow as tf
+
+    return [tf.TensorSpec([None], tf.string if dtypes[c] == "string" else getattr(tf, dtypes[c]), name=c)
+            for c in columns]
+
+
 def arrays(table: pa.Table, columns: Sequence[str], dtypes: dict[str, str]) -> dict[str, np.ndarray]:
     """Columns as numpy: floats with NaN for missing, integers with 0, strings with ""."""
     out = {}

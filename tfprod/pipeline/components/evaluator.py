@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 
 from tfprod.pipeline import examples as ex
+from tfprod.pipeline import storage
 from tfprod.pipeline.components import _user, trainer
 from tfprod.pipeline.dsl import Component, PipelineError, RunContext
 from tfprod.pipeline.store import Artifact
 
+EVALUATION_FILE = "evaluation.json"
 TASKS = ("binary", "multiclass", "regression")
 METRICS = {"binary": ("accuracy", "auc", "log_loss", "examples"), "multiclass": ("accuracy", "examples"),
            "regression": ("mse", "mae", "examples")}
@@ -59,7 +61,8 @@ class Evaluator(Component):
                   for c in self.params["slice_by"]}
         units = ex.units(examples.uri, split)  # scored piece by piece, by the run's workers, in the table's order
         candidate = self._metrics(_scores(ctx, model, units), y, slices)
-        baseline_model = _baseline(ctx.store, ctx.pipeline_context, model.id)
+        baseline_id = ctx.cache_context.get("baseline")  # the one in the step's cache key
+        baseline_model = ctx.store.artifact(baseline_id) if baseline_id else None
         baseline = self._metrics(_scores(ctx, baseline_model, units), y, slices) if baseline_model else None
         reasons = []
         for name, bound in self.params["thresholds"].items():
@@ -88,7 +91,7 @@ class Evaluator(Component):
                "change_thresholds_applied": baseline is not None, "blessed": blessed, "reasons": reasons}
         evaluation = ctx.output("evaluation", overall=candidate["overall"], blessed=blessed,
                                 baseline_model=doc["baseline_model"])
-        with open(os.path.join(evaluation.uri, "evaluation.json"), "w") as f:
+        with open(os.path.join(evaluation.uri, EVALUATION_FILE), "w") as f:
             json.dump(doc, f, indent=1, default=float)
         blessing = ctx.output("blessing", blessed=blessed, model_id=model.id, reasons=reasons,
                               baseline_model=doc["baseline_model"], metrics=candidate["overall"])
@@ -109,6 +112,15 @@ class Evaluator(Component):
         model = inputs["model"][0] if inputs.get("model") else None
         baseline = _baseline(store, pipeline_context, model.id if model else None)
         return {"baseline": baseline.id if baseline else None}
+
+
+def load(artifact: Artifact) -> dict[str, Any] | None:
+    """The evaluation.json of a ModelEvaluation artifact (None when it has none)."""
+    path = os.path.join(storage.localize(artifact.uri), EVALUATION_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return dict(json.load(f))
 
 
 def _baseline(store: Any, pipeline_context: int, model_id: int | None) -> Artifact | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pyarrow as pa
@@ -38,14 +39,16 @@ class ExampleGen(Component):
 
     def describe_params(self) -> dict[str, Any]:
         # the input files' content is part of the cache key: new data in the same span re-runs the step.
-        # Resolved once per run: the step then reads the span its cache key names, even if a newer one lands.
+        # Resolved once per step: the step then reads the span its cache key names, even if a newer one lands.
         span, files = self._files()
-        self._resolved = (span, files, ex.fingerprint(files))
-        return {**super().describe_params(), "resolved_span": span, "fingerprint": self._resolved[2]}
+        prefix = os.path.join(self.params["input_base"], "")  # relative names: the data folder may move
+        return {**super().describe_params(), "resolved_span": span, "fingerprint": ex.fingerprint(files),
+                "files": [f[len(prefix):] for f in files]}
 
     def run(self, ctx: RunContext) -> None:
         p = self.params
-        span, files, digest = getattr(self, "_resolved", None) or (*self._files(), "")
+        span, digest = ctx.params["resolved_span"], ctx.params["fingerprint"]
+        files = [os.path.join(p["input_base"], f) for f in ctx.params["files"]]
         ctx.progress(f"reading span {span}: {len(files)} file(s)")
         out = ctx.output("examples", shared=True)  # the workers write the parts
         jobs = [ex.SplitJob(ex.absolute(f), i, len(files), ex.absolute(out.uri), p["splits"], p["split_key"],
@@ -68,5 +71,5 @@ class ExampleGen(Component):
         rows = {k: sum(part["rows"][k] for part in parts) for k in p["splits"]}
         if not sum(rows.values()):
             raise PipelineError(f"span {span} has no rows ({', '.join(files)})")
-        ctx.output("examples", span=span, fingerprint=digest or ex.fingerprint(files), files=files,
+        ctx.output("examples", span=span, fingerprint=digest, files=files,
                    splits=list(p["splits"]), format=p["output_format"], columns=columns, rows=rows)

@@ -35,12 +35,14 @@ class ExampleValidator(Component):
         assert statistics is not None and schema_artifact is not None
         schema = schemagen.load(schema_artifact)
         span = statistics.properties.get("span")
-        baseline = _baseline(ctx.store, ctx.pipeline_context, span)
+        baseline_id = ctx.cache_context.get("drift_baseline")  # the one in the step's cache key
+        baseline = ctx.store.artifact(baseline_id) if baseline_id else None
         serving_artifact = ctx.input("serving_statistics")
         found: dict[str, list[str]] = {}
         measures: dict[str, dict[str, Any]] = {}
         out = ctx.output("anomalies", span=span, splits=statistics.properties["splits"], statistics_id=statistics.id,
-                         drift_baseline_span=baseline.properties.get("span") if baseline else None)
+                         drift_baseline_span=baseline.properties.get("span") if baseline else None,
+                         drift_baseline_statistics_id=baseline_id)
         for split in statistics.properties["splits"]:
             ds = statisticsgen.load(statistics, split)
             # drift on the train split only: the eval split is too small for stable histograms

@@ -18,8 +18,6 @@ from tfprod.pipeline import examples as ex
 from tfprod.pipeline.components import _user, evaluator, trainer
 from tfprod.pipeline.dsl import Component, PipelineError, RunContext
 
-WARMUP_DIR = "assets.extra"
-
 
 def _free_port() -> int:
     with socket.socket() as s:

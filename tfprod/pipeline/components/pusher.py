@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from tfprod.format.audit import METADATA_FILE
+from tfprod.format.audit import METADATA_FILE, read_metadata
 from tfprod.pipeline import storage
 from tfprod.pipeline.components import trainer
 from tfprod.pipeline.dsl import Component, PipelineError, RunContext
@@ -43,14 +43,15 @@ class Pusher(Component):
         try:
             target = os.path.join(staging, "model")
             shutil.copytree(trainer.saved_model_dir(model), target)
-            warmup = os.path.join(storage.localize(infra.uri), "assets.extra")
-            if os.path.isdir(warmup):
-                shutil.copytree(warmup, os.path.join(target, "assets.extra"), dirs_exist_ok=True)
+            from tfprod.export import warmup  # (imports TensorFlow: not at module level)
+
+            requests = os.path.join(storage.localize(infra.uri), warmup.WARMUP_FILE)  # what InfraValidator sent
+            if os.path.isfile(requests):
+                shutil.copy2(requests, os.path.join(target, warmup.WARMUP_FILE))
             pushed_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
             who = getpass.getuser()
             path = os.path.join(target, METADATA_FILE)
-            with open(path) as f:
-                audit = json.load(f)
+            audit = read_metadata(target) or {}
             audit["pipeline"] = {**audit.get("pipeline", {}), "pushed_at": pushed_at, "pushed_by": who,
                                  "push_run_id": ctx.run_id, "blessing_artifact": blessing.id,
                                  "infra_blessing_artifact": infra.id, "model_artifact": model.id}

@@ -90,7 +90,7 @@ class Trainer(Component):
             transformed = apply(**dict(zip(names, values, strict=True)))
             y = model({k: transformed[k] for k in inputs if k in transformed})
             return dict(y) if isinstance(y, dict) else {"outputs": y}
-        specs = [tf.TensorSpec([None], tf.string if raw[n] == "string" else getattr(tf, raw[n]), name=n) for n in names]
+        specs = _user.specs(names, raw)
         audit = {
             **self.params["metadata"],
             "training_data_sha256": examples.properties.get("fingerprint"),
@@ -110,7 +110,6 @@ class Trainer(Component):
         # loads them, as TF Serving and tfprod serve do; the transform graph holds constants only
         export.save(model, out.uri, version=int(SAVED_MODEL), signatures={"serving_default": (serve, specs)},
                     metadata=audit)
-        del transform
 
 
 def _revision(module_file: str) -> str:

@@ -49,8 +49,7 @@ class Transform(Component):
         ctx.progress(f"analyzing {examples.properties.get('rows', {}).get('train', '?')} training rows in "
                      f"{len(units)} piece(s)")
         names, values = tft.analyze(self.params["module_file"], units, features, dtypes, ctx.map)
-        specs = [tf.TensorSpec([None], tf.string if dtypes[c] == "string" else getattr(tf, dtypes[c]), name=c)
-                 for c in features]
+        specs = _user.specs(features, dtypes)
 
         def transform_fn(*args: Any) -> dict[str, Any]:
             with tft.applying(values, names):

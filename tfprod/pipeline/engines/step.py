@@ -56,7 +56,7 @@ def run_step(pipeline: Pipeline, component_id: str, run_id: str, upstream: Seque
         inputs = {name: [_input(store, current, component, name, ch.producer.id, ch.key, handoffs)]
                   for name, ch in component.inputs.items()}
         result = runner.step(current, component, inputs)
-        stop = f"{component.id}: {result.message}" if result.message and result.state in ("STOPPED", "CACHED") else ""
+        stop = f"{component.id}: {result.message}" if result.stops else ""
         return _handoff(pipeline, run_id, component.id, result.state, result.outputs, stop)
     finally:
         store.close()
