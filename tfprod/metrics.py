@@ -38,7 +38,7 @@ BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(14))
 BATCHING = ":tensorflow:serving:batching_session:"
 
 
-class _Histogram:
+class Histogram:
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_US) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
@@ -48,7 +48,7 @@ class _Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def add(self, other: _Histogram) -> None:
+    def add(self, other: Histogram) -> None:
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         self.total += other.total
 
@@ -81,11 +81,11 @@ class ServingMetrics(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str], int] = defaultdict(int)
-        self._latency: dict[tuple[str, str, str], _Histogram] = defaultdict(_Histogram)
+        self._latency: dict[tuple[str, str, str], Histogram] = defaultdict(Histogram)
         self._loads: dict[tuple[str, str], int] = defaultdict(int)
         self._states: dict[tuple[str, str], int] = {}
-        self._batching: dict[tuple[str, str], _Histogram] = {}
-        self._warmup: dict[str, _Histogram] = defaultdict(_Histogram)
+        self._batching: dict[tuple[str, str], Histogram] = {}
+        self._warmup: dict[str, Histogram] = defaultdict(Histogram)
         self._wrapped_runs: dict[str, int] = defaultdict(int)
         self._refusals: dict[tuple[str, str], int] = defaultdict(int)
 
@@ -119,7 +119,7 @@ class ServingMetrics(Collector):
                                  ("padding_size", [processed_size - input_size])):
                 hist = self._batching.get((name, model))
                 if hist is None:
-                    hist = self._batching[(name, model)] = _Histogram(_BATCH_HISTOGRAMS[name][1])
+                    hist = self._batching[(name, model)] = Histogram(_BATCH_HISTOGRAMS[name][1])
                 for v in values:
                     hist.observe(v)
             self._wrapped_runs[model] += 1

@@ -19,6 +19,7 @@ from typing import Any
 import jwt
 
 from tfprod.config.model_config import ConfigError
+from tfprod.config.table import Table
 
 ACTIONS = ("read", "predict", "admin")
 _HMAC = ("HS256", "HS384", "HS512")
@@ -119,31 +120,6 @@ class SecurityConfig:
     tls: TlsOptions | None = None
 
 
-class _Table:
-    """Reads one TOML table, refusing keys nobody asked for."""
-
-    def __init__(self, doc: Mapping[str, Any], where: str) -> None:
-        if not isinstance(doc, Mapping):
-            raise ConfigError(f"{where} must be a table")
-        self._doc, self._where, self._seen = doc, where, set[str]()
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-        self._seen.add(key)
-        value = self._doc.get(key, default)
-        if value is default:
-            return value
-        numeric = kind in (int, float, (int, float))
-        if not isinstance(value, kind) or numeric and isinstance(value, bool):
-            name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise ConfigError(f"{self._where}.{key} must be a {name}, got {value!r}")
-        return value
-
-    def done(self) -> None:
-        unknown = sorted(set(self._doc) - self._seen)
-        if unknown:
-            raise ConfigError(f"{self._where}: unknown setting(s) {', '.join(unknown)} (see docs/security.md)")
-
-
 def read_security_config(path: str) -> SecurityConfig:
     try:
         with open(path, "rb") as f:
@@ -161,7 +137,7 @@ def read_security_config(path: str) -> SecurityConfig:
 
 
 def parse_security_config(doc: Mapping[str, Any], base_dir: str, path: str = "") -> SecurityConfig:
-    top = _Table(doc, "security config")
+    top = Table(doc, "security config")
     auth_doc = top.get("auth", dict)
     limits = _limits(top.get("limits", dict, {}))
     models = _models(top.get("models", dict, {}), base_dir)
@@ -171,7 +147,7 @@ def parse_security_config(doc: Mapping[str, Any], base_dir: str, path: str = "")
                             tls=_tls(tls_doc, base_dir) if tls_doc is not None else None)
     if auth_doc is None:
         return config
-    auth = _Table(auth_doc, "[auth]")
+    auth = Table(auth_doc, "[auth]")
     enabled = auth.get("enabled", bool, True)
     keys = tuple(_api_key(k, i) for i, k in enumerate(auth.get("api_keys", list, [])))
     jwt_doc = auth.get("jwt", dict)
@@ -197,7 +173,7 @@ def _scopes(value: Any, where: str) -> tuple[Scope, ...]:
 
 
 def _api_key(doc: Any, index: int) -> ApiKey:
-    t = _Table(doc, f"[[auth.api_keys]] #{index + 1}")
+    t = Table(doc, f"[[auth.api_keys]] #{index + 1}")
     name = t.get("name", str)
     digest = t.get("sha256", str)
     revoked = t.get("revoked", bool, False)
@@ -225,7 +201,7 @@ def _read(base_dir: str, path: str, where: str) -> bytes:
 
 
 def _jwt(doc: Any, base_dir: str) -> JwtOptions:
-    t = _Table(doc, "[auth.jwt]")
+    t = Table(doc, "[auth.jwt]")
     algorithms = tuple(t.get("algorithms", list, []))
     secret_env = t.get("secret_env", str)
     secret_file = t.get("secret_file", str)
@@ -282,10 +258,10 @@ def _jwt(doc: Any, base_dir: str) -> JwtOptions:
 
 
 def _limits(doc: Any) -> Limits:
-    t = _Table(doc, "[limits]")
+    t = Table(doc, "[limits]")
     rules = []
     for i, rule_doc in enumerate(t.get("rate", list, [])):
-        r = _Table(rule_doc, f"[[limits.rate]] #{i + 1}")
+        r = Table(rule_doc, f"[[limits.rate]] #{i + 1}")
         per_second = float(r.get("per_second", (int, float), 0))
         rule = RateRule(r.get("caller", str, "*"), r.get("model", str, "*"), per_second,
                         float(r.get("burst", (int, float), max(1.0, per_second))))
@@ -314,7 +290,7 @@ def _limits(doc: Any) -> Limits:
 
 
 def _models(doc: Any, base_dir: str) -> ModelRules:
-    t = _Table(doc, "[models]")
+    t = Table(doc, "[models]")
     keys = t.get("trusted_keys", list, [])
     allow = t.get("allow_ops", dict, {})
     if not all(isinstance(k, str) for k in keys):
@@ -340,7 +316,7 @@ def _models(doc: Any, base_dir: str) -> ModelRules:
 
 
 def _tls(doc: Any, base_dir: str) -> TlsOptions:
-    t = _Table(doc, "[tls]")
+    t = Table(doc, "[tls]")
     cert, key = t.get("cert_file", str), t.get("key_file", str)
     ca = t.get("client_ca_file", str, "")
     require = t.get("require_client_cert", bool, False)
