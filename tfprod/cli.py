@@ -118,6 +118,15 @@ def serve_parser() -> argparse.ArgumentParser:
     _add_bool(batching, "enable_per_model_batching_parameters", False,
               "read batching_params.pbtxt from each version directory when it has one")
 
+    rollout = p.add_argument_group("gray release")
+    rollout.add_argument("--rollout_config_file", default="",
+                         help="TOML file of canary rollouts keyed by model: stable and canary arms, weight steps, "
+                              "a sticky key, a shadow, analysis rules (tfprod; docs/rollout.md). Re-read on "
+                              "--model_config_file_poll_wait_seconds")
+    rollout.add_argument("--rollout_state_file", default="",
+                         help="where rollout decisions are kept so a restart resumes at the same step "
+                              "(tfprod; default: beside --rollout_config_file, with .state.json)")
+
     security = p.add_argument_group("security")
     security.add_argument("--security_config_file", default="",
                           help="TOML file turning on authentication (API keys, JWT), per-model scopes, rate "
@@ -162,6 +171,7 @@ def _serve(argv: Sequence[str]) -> int:
         read_monitoring_config,
         read_ssl_config,
     )
+    from tfprod.rollout.config import read_rollout_config
     from tfprod.security.config import SecurityConfig, read_security_config
 
     try:
@@ -172,6 +182,7 @@ def _serve(argv: Sequence[str]) -> int:
         metrics_path = read_monitoring_config(args.monitoring_config_file) if args.monitoring_config_file else None
         ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
         security = read_security_config(args.security_config_file) if args.security_config_file else None
+        rollouts = read_rollout_config(args.rollout_config_file, models) if args.rollout_config_file else {}
         channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
         batching = None
         if args.enable_batching:
@@ -179,6 +190,9 @@ def _serve(argv: Sequence[str]) -> int:
                         else BatchingOptions())
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
+    if args.num_workers > 1 and args.rollout_config_file:
+        return _fail("--rollout_config_file needs --num_workers=1: a rollout's analysis runs in one process (scale "
+                     "out with replicas, each with its own rollout, docs/rollout.md)")
     if args.num_workers > 1 and worker is None:
         if args.grpc_socket_path:
             return _fail("--grpc_socket_path cannot be shared by --num_workers processes: use --port")
@@ -243,8 +257,12 @@ def _serve(argv: Sequence[str]) -> int:
             ),
             security=security or SecurityConfig(),
             worker=worker,
+            rollout_config_file=args.rollout_config_file,
+            rollout_state_file=args.rollout_state_file or (args.rollout_config_file + ".state.json"
+                                                           if args.rollout_config_file else ""),
+            rollouts=tuple(rollouts.values()),
         ))
-    except OSError as e:
+    except (OSError, ConfigError) as e:
         return _fail(str(e))
     return 0
 

@@ -29,14 +29,17 @@ from tfprod.api.grpc_server import GrpcOptions, GrpcServer
 from tfprod.api.rest import RestApi, RestOptions
 from tfprod.api.v2 import V2Models, V2Servicer
 from tfprod.batching import BatchingOptions
-from tfprod.config.model_config import ModelConfig, SslOptions
+from tfprod.config.model_config import ConfigError, ModelConfig, SslOptions
 from tfprod.core.manager import Manager, ManagerOptions, ServableId
 from tfprod.core.source import FileSystemSource, SourceOptions
+from tfprod.core.states import State
 from tfprod.errors import Code, ServingError
 from tfprod.export import warmup
 from tfprod.format.saved_model import is_complete
 from tfprod.metrics import ServingMetrics
 from tfprod.protos import grpc_predict_v2_pb2_grpc
+from tfprod.rollout.config import Rollout
+from tfprod.rollout.controller import Rollouts
 from tfprod.security.admission import ModelRefused, check_version
 from tfprod.security.config import SecurityConfig, TlsOptions
 from tfprod.security.guard import Guard
@@ -75,6 +78,9 @@ class ServerOptions:
     security: SecurityConfig = SecurityConfig()
     grace_s: float = 30.0  # how long a stop waits for gRPC calls in flight
     worker: Slot | None = None  # this process's place in a pool of workers (tfprod.workers), if any
+    rollout_config_file: str = ""
+    rollout_state_file: str = ""  # where rollout decisions are kept across restarts ("": nowhere)
+    rollouts: tuple[Rollout, ...] = ()  # the rollout config file as read at start
 
 
 class _Uvicorn(uvicorn.Server):
@@ -104,7 +110,7 @@ def _shared_socket(host: str, port: int) -> socket.socket:
 
 
 async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcServer | None,
-                 core: ServerCore, pool: Pool | None) -> None:
+                 core: ServerCore, pool: Pool | None, rollouts: Rollouts | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -119,6 +125,18 @@ async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcS
         if stop.is_set():
             log.info("stopped before the configured models loaded")
             return
+    if rollouts is not None:  # before the ports open: no unversioned request reaches a canary unrouted
+        names = [r.model for r in options.rollouts]  # and every arm's version has loaded (or failed)
+        while any(st.state in (State.START, State.LOADING) for st in sum(core.statuses_of(names).values(), [])):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.02)
+            if stop.is_set():
+                return
+        try:
+            rollouts.apply({r.model: r for r in options.rollouts})
+        except ConfigError as e:
+            raise ConfigError(f"--rollout_config_file {options.rollout_config_file}: {e}") from None
+        rollouts.start()
     waits: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     rest = None
     if grpc_server is not None:
@@ -252,8 +270,13 @@ def run(options: ServerOptions) -> None:
     # (their callers await the batch on the loop, and the batcher has its own threads).
     model_pool = concurrent.futures.ThreadPoolExecutor(max(options.rest.num_threads, options.grpc.max_threads),
                                                        thread_name_prefix="tfprod-model")
+    rollouts = None
+    if options.rollout_config_file:
+        rollouts = Rollouts(manager, core, options.rollout_state_file or None)
+        registry.register(rollouts)
     service = Service(manager, options.enable_signature_method_name_check,
-                      InputBounds(limits.max_tensor_elements, limits.max_batch_rows), model_pool, core.statuses_of)
+                      InputBounds(limits.max_tensor_elements, limits.max_batch_rows), model_pool, core.statuses_of,
+                      rollouts)
     v2models = V2Models(service, core)
     pool = Pool(options.worker, core.pool_handlers()) if options.worker is not None else None
 
@@ -276,7 +299,8 @@ def run(options: ServerOptions) -> None:
         merged.register(ServingMetrics.merged([s for _, s in live] + [{**s, "_states": {}} for s in gone]))
         return generate_latest(merged)
 
-    app = RestApi(service, core, v2models, metrics, exposition, options.rest, guard) if options.rest_api_port else None
+    app = RestApi(service, core, v2models, metrics, exposition, options.rest, guard, rollouts) \
+        if options.rest_api_port else None
     grpc_pool = concurrent.futures.ThreadPoolExecutor(options.grpc.max_threads, thread_name_prefix="tfprod-grpc")
     grpc_server = None
     if options.grpc.port or options.grpc.socket_path:
@@ -303,14 +327,19 @@ def run(options: ServerOptions) -> None:
     source.start()
     if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
         core.poll_config_file(options.model_config_file, options.model_config_file_poll_wait_seconds, options.models)
+    if rollouts is not None and options.model_config_file_poll_wait_seconds > 0:
+        rollouts.poll_file(options.rollout_config_file, options.model_config_file_poll_wait_seconds,
+                           lambda: core.models, options.rollouts)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop: REST's fast path
-            runner.run(_serve(options, app, grpc_server, core, pool))
+            runner.run(_serve(options, app, grpc_server, core, pool, rollouts))
     finally:
         if pool is not None:
             pool.close()
         log.info("shutting down: unloading models")
         guard.stop()
+        if rollouts is not None:
+            rollouts.stop()
         core.stop()
         source.stop()
         if app is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tfprod.config.model_config import ConfigError, ModelConfig, read_model_config_file
@@ -44,6 +44,7 @@ class ServerCore:
         self._config: tuple[ModelConfig, ...] = ()
         self._unloaded: set[str] = set()  # configured models unloaded through the repository API
         self._models: tuple[ModelConfig, ...] = ()  # what is served: the config less the unloaded
+        self._label_overrides: dict[str, dict[str, int]] = {}  # a promoted rollout's labels, over the config's
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._pool: Pool | None = None
@@ -65,11 +66,26 @@ class ServerCore:
         self._models = served
         self._source.set_watches([Watch(m.name, m.base_path, m.policy) for m in served])
         for m in served:
-            self._manager.set_labels(m.name, m.labels, self._allow_unavailable)
+            self._manager.set_labels(m.name, self._labels_of(m), self._allow_unavailable)
         for name in removed:
             self._manager.forget_model(name)
         if self._pool is not None:  # what a worker restarted later comes back with
             self._pool.save_config((self._config, frozenset(self._unloaded)))
+
+    def override_labels(self, model: str, labels: Mapping[str, int]) -> None:
+        """Labels a promoted rollout moved (`tfprod.rollout`): they win over the model config's until
+        the rollout leaves the rollout config. Empty: the config's labels again."""
+        with self._lock:
+            if labels:
+                self._label_overrides[model] = dict(labels)
+            else:
+                self._label_overrides.pop(model, None)
+            for m in self._models:
+                if m.name == model:
+                    self._manager.set_labels(m.name, self._labels_of(m), self._allow_unavailable)
+
+    def _labels_of(self, m: ModelConfig) -> dict[str, int]:
+        return {**m.labels, **self._label_overrides.get(m.name, {})}
 
     # -- a pool of workers ----------------------------------------------------------------
 

@@ -10,8 +10,10 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
@@ -19,8 +21,11 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tfprod.core.manager import Manager, VersionStatus
 from tfprod.core.states import State
 from tfprod.errors import Code, ServingError, invalid, not_found
+from tfprod.rollout.controller import Choice, Rollouts
 from tfprod.servables.base import Servable
 from tfprod.signature import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, Signature
+
+log = logging.getLogger("tfprod.service")
 
 Decode = Callable[[Signature], Mapping[str, np.ndarray]]
 Classes = tuple[np.ndarray | None, np.ndarray | None]  # (classes, scores)
@@ -42,6 +47,46 @@ class Prediction:
     outputs: dict[str, np.ndarray]
 
 
+def _no_key(name: str) -> str | None:
+    return None
+
+
+_shadows: set[asyncio.Task[None]] = set()  # running shadow tasks (the loop keeps only weak references)
+
+
+@dataclasses.dataclass
+class Routed:
+    """A model call's part in a rollout (`tfprod.rollout`). In: how to read the caller's sticky key
+    (a header or gRPC metadata). Out: the arm and version that answered, and the shadow run the
+    front end starts once the answer is on its way (`start_shadow`)."""
+
+    key_of: Callable[[str], str | None] = _no_key
+    arm: str | None = None
+    version: int | None = None
+    shadow: Callable[[], Coroutine[Any, Any, None]] | None = None
+
+    def headers(self) -> dict[str, str]:
+        """What the response says about the arm (nothing for a request no rollout routed)."""
+        return {} if self.arm is None else {"x-tfprod-arm": self.arm, "x-tfprod-version": str(self.version)}
+
+    async def run_shadow(self) -> None:
+        """Run the shadow here (REST runs it as the response's background, after the answer is sent)."""
+        shadow, self.shadow = self.shadow, None
+        if shadow is not None:
+            await shadow()
+
+    def start_shadow(self) -> None:
+        """Start the shadow as a task of its own (gRPC, whose answer is sent once the handler returns)."""
+        if self.shadow is not None:
+            task = asyncio.get_running_loop().create_task(self.shadow())
+            _shadows.add(task)
+            task.add_done_callback(_shadows.discard)
+            self.shadow = None
+
+
+T = TypeVar("T")
+
+
 @dataclasses.dataclass(frozen=True)
 class InputBounds:
     """The security config's [limits] on one request's tensors (None: unbounded)."""
@@ -61,8 +106,10 @@ class InputBounds:
 class Service:
     def __init__(self, manager: Manager[Servable], check_method_names: bool = False,
                  bounds: InputBounds = InputBounds(), executor: concurrent.futures.Executor | None = None,
-                 statuses_of: Callable[[Sequence[str]], dict[str, list[VersionStatus]]] | None = None) -> None:
+                 statuses_of: Callable[[Sequence[str]], dict[str, list[VersionStatus]]] | None = None,
+                 rollouts: Rollouts | None = None) -> None:
         self._manager = manager
+        self._rollouts = rollouts
         # ServerCore.statuses_of: the pool's, in a pool of workers
         self._statuses_of = statuses_of or (lambda names: {n: manager.status(n) for n in names})
         self._check = check_method_names  # --enable_signature_method_name_check
@@ -89,33 +136,43 @@ class Service:
     # servable's (`Servable.run_async`). The version stays pinned while its call runs.
 
     async def predict(self, spec: ModelSpec, decode: Decode, output_filter: OutputFilter = (),
-                      offload: bool = False) -> Prediction:
+                      offload: bool = False, routed: Routed | None = None) -> Prediction:
         """Run a signature; `output_filter` names the outputs to return (all when empty), or is a
         function of the signature that does. `offload`: decode on an executor thread (a large
-        request would hold the event loop)."""
+        request would hold the event loop). `routed`: this call may be routed by a rollout."""
         bounded = self._bounded(decode)
         inputs_of = _offloaded(bounded, self._executor) if offload else bounded
-        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            sig, outputs = await _run(servable, spec.signature_name, inputs_of, output_filter, self._executor)
+
+        async def run(servable: Servable) -> tuple[Signature, dict[str, np.ndarray]]:
+            return await _run(servable, spec.signature_name, inputs_of, output_filter, self._executor)
+        version, (sig, outputs) = await self._answer(spec, routed, run, lambda result: result[1])
         return Prediction(version, sig, outputs)
 
-    async def classify(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, Classes]:
+    async def classify(self, spec: ModelSpec, examples: list[bytes], routed: Routed | None = None
+                       ) -> tuple[int, Classes]:
         """(version, (classes, scores)) for serialized tf.Examples on a classify signature."""
         self._check_examples(examples)
-        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            return version, await _classify(servable, spec.signature_name, examples, self._check, self._executor)
 
-    async def regress(self, spec: ModelSpec, examples: list[bytes]) -> tuple[int, np.ndarray]:
+        async def run(servable: Servable) -> Classes:
+            return await _classify(servable, spec.signature_name, examples, self._check, self._executor)
+        return await self._answer(spec, routed, run, lambda result: _named(("classes", "scores"), result))
+
+    async def regress(self, spec: ModelSpec, examples: list[bytes], routed: Routed | None = None
+                      ) -> tuple[int, np.ndarray]:
         self._check_examples(examples)
-        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-            return version, await _regress(servable, spec.signature_name, examples, self._check, self._executor)
+
+        async def run(servable: Servable) -> np.ndarray:
+            return await _regress(servable, spec.signature_name, examples, self._check, self._executor)
+        return await self._answer(spec, routed, run, lambda result: {"outputs": result})
 
     async def multi_inference(self, spec: ModelSpec, tasks: Sequence[tuple[str, str]],
-                              examples: list[bytes]) -> tuple[int, list[Classes | np.ndarray]]:
+                              examples: list[bytes], routed: Routed | None = None
+                              ) -> tuple[int, list[Classes | np.ndarray]]:
         """Several classify/regress signatures of one model version over the same examples.
         `tasks` are (signature_name, method_name) pairs; results come back in their order."""
         self._check_examples(examples)
-        with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
+
+        async def run(servable: Servable) -> list[Classes | np.ndarray]:
             results: list[Classes | np.ndarray] = []
             for signature_name, method in tasks:
                 if method == CLASSIFY_METHOD:
@@ -124,7 +181,61 @@ class Service:
                     results.append(await _regress(servable, signature_name, examples, self._check, self._executor))
                 else:
                     raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {method}")
-            return version, results
+            return results
+
+        def outputs_of(results: list[Classes | np.ndarray]) -> dict[str, np.ndarray]:
+            named: dict[str, np.ndarray] = {}
+            for (signature_name, _), result in zip(tasks, results, strict=True):
+                parts = _named(("classes", "scores"), result) if isinstance(result, tuple) else {"outputs": result}
+                named.update({f"{signature_name}/{k}": v for k, v in parts.items()})
+            return named
+        return await self._answer(spec, routed, run, outputs_of)
+
+    async def _answer(self, spec: ModelSpec, routed: Routed | None, run: Callable[[Servable], Awaitable[T]],
+                      outputs_of: Callable[[T], Mapping[str, np.ndarray]]) -> tuple[int, T]:
+        """Run on the version the request names; a request naming none, of a model in a rollout, on
+        the arm the rollout chooses (its outcome recorded per arm, its shadow prepared)."""
+        choice = None
+        if self._rollouts is not None and routed is not None and spec.version is None and spec.label is None:
+            choice = self._rollouts.choose(spec.name, routed.key_of)
+        if choice is None:
+            with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
+                return version, await run(servable)
+        rollouts, started, status = self._rollouts, time.perf_counter(), Code.INTERNAL.name
+        outputs: Mapping[str, np.ndarray] | None = None
+        assert rollouts is not None and routed is not None
+        try:
+            with self._manager.handle(spec.name, choice.version) as (version, servable):
+                result = await run(servable)
+            outputs, status = outputs_of(result), Code.OK.name
+        except ServingError as e:
+            status = e.code.name
+            raise
+        except asyncio.CancelledError:
+            status = Code.CANCELLED.name
+            raise
+        finally:
+            rollouts.record(choice, status, time.perf_counter() - started, outputs)
+        routed.arm, routed.version = choice.arm, version
+        if choice.shadow_version is not None:
+            routed.shadow = lambda: self._shadow(choice, run, outputs_of, outputs)
+        return version, result
+
+    async def _shadow(self, choice: Choice, run: Callable[[Servable], Awaitable[T]],
+                      outputs_of: Callable[[T], Mapping[str, np.ndarray]], live: Mapping[str, np.ndarray] | None
+                      ) -> None:
+        """The same request on the shadow version; its answer is compared with the live one, then dropped."""
+        assert self._rollouts is not None and choice.shadow_version is not None
+        if not self._rollouts.shadow_slot(choice.model):
+            return  # dropped: max_in_flight shadows run already
+        shadow: Mapping[str, np.ndarray] | None = None
+        try:
+            with self._manager.handle(choice.model, choice.shadow_version) as (_, servable):
+                shadow = outputs_of(await run(servable))
+        except Exception as e:  # the shadow's failure is counted, never answered
+            log.debug("shadow run of %s version %d failed: %s", choice.model, choice.shadow_version, e)
+        finally:
+            self._rollouts.compared(choice.model, live, shadow)
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         if label is not None:
@@ -140,7 +251,16 @@ class Service:
             raise not_found(f"Could not find any versions of model {name}")
         return statuses
 
+    def _read_spec(self, spec: ModelSpec) -> ModelSpec:
+        """An unversioned metadata call of a model in a rollout reads the stable arm, as its
+        unversioned requests without a canary draw run on it."""
+        if self._rollouts is None or spec.version is not None or spec.label is not None:
+            return spec
+        version = self._rollouts.stable_version(spec.name)
+        return spec if version is None else dataclasses.replace(spec, version=version)
+
     def signature(self, spec: ModelSpec) -> tuple[int, Signature]:
+        spec = self._read_spec(spec)
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
             return version, servable.signature(spec.signature_name)
 
@@ -154,6 +274,7 @@ class Service:
 
     def metadata(self, spec: ModelSpec) -> tuple[int, meta_graph_pb2.MetaGraphDef, dict[str, Any] | None]:
         """(version, MetaGraphDef, the version's audit metadata or None)."""
+        spec = self._read_spec(spec)
         with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
             return version, servable.meta_graph, servable.audit
 
@@ -161,6 +282,10 @@ class Service:
         names = self._manager.models()
         statuses = self._statuses_of(names)
         return {m: (statuses[m], self._manager.labels(m)) for m in names}
+
+
+def _named(names: tuple[str, ...], values: tuple[np.ndarray | None, ...]) -> dict[str, np.ndarray]:
+    return {n: v for n, v in zip(names, values, strict=True) if v is not None}
 
 
 AsyncDecode = Callable[[Signature], Awaitable[Mapping[str, np.ndarray]]]

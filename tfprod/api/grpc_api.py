@@ -35,7 +35,7 @@ from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
 from tfprod.security.guard import Guard, RateLimited, client_address
 from tfprod.server_core import ServerCore
-from tfprod.service import ModelSpec, Service
+from tfprod.service import ModelSpec, Routed, Service
 from tfprod.signature import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfprod.grpc")
@@ -154,26 +154,45 @@ def model_spec_of(request: Any, *, signature: bool = True) -> ModelSpec:
     )
 
 
+R = TypeVar("R")
+
+
+async def routed_call(run: Runner, context: grpc.aio.ServicerContext, model: str, api: str,
+                      work: Callable[[Any, Routed], Awaitable[R]], request: Any) -> R:
+    """A model API call a rollout may route: the sticky key is read from the call's metadata, the
+    arm that answered goes back as trailing metadata, and the shadow starts once the handler returns."""
+    metadata = dict(context.invocation_metadata() or ())
+    routed = Routed(lambda key: _text(metadata.get(key)))
+    try:
+        bound: Callable[[], Awaitable[R]] = functools.partial(work, request, routed)
+        response: R = await run(context, model, api, bound)
+        if routed.arm is not None:
+            context.set_trailing_metadata(tuple(routed.headers().items()))
+        return response
+    finally:
+        routed.start_shadow()
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, service: Service, run: Runner) -> None:
         self._service = service
         self._run = run
 
     async def Predict(self, request: predict_pb2.PredictRequest, context: Any) -> predict_pb2.PredictResponse:
-        return await self._run(context, request.model_spec.name, "Predict", functools.partial(self._predict, request))
+        return await routed_call(self._run, context, request.model_spec.name, "Predict", self._predict, request)
 
     async def Classify(self, request: classification_pb2.ClassificationRequest,
                        context: Any) -> classification_pb2.ClassificationResponse:
-        return await self._run(context, request.model_spec.name, "Classify", functools.partial(self._classify, request))
+        return await routed_call(self._run, context, request.model_spec.name, "Classify", self._classify, request)
 
     async def Regress(self, request: regression_pb2.RegressionRequest,
                       context: Any) -> regression_pb2.RegressionResponse:
-        return await self._run(context, request.model_spec.name, "Regress", functools.partial(self._regress, request))
+        return await routed_call(self._run, context, request.model_spec.name, "Regress", self._regress, request)
 
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
                              context: Any) -> inference_pb2.MultiInferenceResponse:
         model = request.tasks[0].model_spec.name if request.tasks else ""
-        return await self._run(context, model, "MultiInference", functools.partial(self._multi_inference, request))
+        return await routed_call(self._run, context, model, "MultiInference", self._multi_inference, request)
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context: Any) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -182,37 +201,38 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     # -- the model APIs run on the event loop (they await their batch), metadata on worker threads ----
 
-    async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    async def _predict(self, request: predict_pb2.PredictRequest, routed: Routed) -> predict_pb2.PredictResponse:
         spec = model_spec_of(request)
         output_filter = tuple(request.output_filter)
         if len(set(output_filter)) != len(output_filter):
             raise invalid(f"duplicate output tensor alias: {_first_repeated(output_filter)}")
         pred = await self._service.predict(spec, lambda sig: tensor_proto.to_inputs(request.inputs, sig),
-                                           output_filter, offload=request.ByteSize() >= OFFLOAD_BYTES)
+                                           output_filter, offload=request.ByteSize() >= OFFLOAD_BYTES, routed=routed)
         response = predict_pb2.PredictResponse(
             model_spec=messages.model_spec(spec.name, pred.version, spec.signature_name))
         for name, arr in pred.outputs.items():
             response.outputs[name].CopyFrom(tensor_proto.to_response_proto(arr))
         return response
 
-    async def _classify(self, request: classification_pb2.ClassificationRequest
+    async def _classify(self, request: classification_pb2.ClassificationRequest, routed: Routed
                         ) -> classification_pb2.ClassificationResponse:
         spec = model_spec_of(request)
         examples = example.examples_from_input(request.input)
-        version, (classes, scores) = await self._service.classify(spec, examples)
+        version, (classes, scores) = await self._service.classify(spec, examples, routed)
         return classification_pb2.ClassificationResponse(
             model_spec=messages.model_spec(spec.name, version, spec.signature_name),
             result=example.classification_result(classes, scores, len(examples)))
 
-    async def _regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
+    async def _regress(self, request: regression_pb2.RegressionRequest,
+                       routed: Routed) -> regression_pb2.RegressionResponse:
         spec = model_spec_of(request)
         examples = example.examples_from_input(request.input)
-        version, values = await self._service.regress(spec, examples)
+        version, values = await self._service.regress(spec, examples, routed)
         return regression_pb2.RegressionResponse(
             model_spec=messages.model_spec(spec.name, version, spec.signature_name),
             result=example.regression_result(values))
 
-    async def _multi_inference(self, request: inference_pb2.MultiInferenceRequest
+    async def _multi_inference(self, request: inference_pb2.MultiInferenceRequest, routed: Routed
                                ) -> inference_pb2.MultiInferenceResponse:
         if not request.tasks or not request.tasks[0].model_spec.name:
             raise invalid("ModelSpec has no name specified.")
@@ -227,7 +247,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             signatures.add(spec.signature_name)
         examples = example.examples_from_input(request.input)
         tasks = [(spec.signature_name, task.method_name) for spec, task in zip(specs, request.tasks, strict=True)]
-        version, results = await self._service.multi_inference(first, tasks, examples)
+        version, results = await self._service.multi_inference(first, tasks, examples, routed)
         response = inference_pb2.MultiInferenceResponse()
         for spec, result in zip(specs, results, strict=True):
             entry = response.results.add(model_spec=messages.model_spec(spec.name, version, spec.signature_name))

@@ -23,6 +23,7 @@ from urllib.parse import unquote
 import numpy as np
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -33,9 +34,10 @@ from tfprod.codec import example, json_tensor, messages, v2
 from tfprod.core.manager import VersionStatus
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
+from tfprod.rollout.controller import Rollouts
 from tfprod.security.guard import Guard, RateLimited
 from tfprod.server_core import ServerCore
-from tfprod.service import ModelSpec, Service
+from tfprod.service import ModelSpec, Routed, Service
 from tfprod.signature import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfprod.rest")
@@ -53,6 +55,8 @@ _VERSION = rf"(?:/versions/(\d+)|/labels/{_NAME})?"
 _POST = re.compile(rf"/v1/models/{_NAME}{_VERSION}:(classify|regress|predict)", re.IGNORECASE)
 _GET = re.compile(rf"/v1/models(?:/{_NAME}{_VERSION}(/metadata)?)?/?", re.IGNORECASE)
 _V1 = re.compile(r"/v1/", re.IGNORECASE)
+_ROLLOUTS_PREFIX = re.compile(r"/v1/rollouts(?:/|$)")
+_ROLLOUTS = re.compile(rf"/v1/rollouts(?:/{_NAME}(?::(\w+))?)?/?")
 _V2_MODEL = re.compile(rf"/v2/models/{_NAME}(?:/versions/(\d+))?(?:/(ready|infer))?/?")
 _V2_REPOSITORY = re.compile(rf"/v2/repository/models/{_NAME}/(load|unload)")
 _CORS = {
@@ -113,8 +117,10 @@ class RestApi:
         exposition: Callable[[], bytes],
         options: RestOptions,
         guard: Guard,
+        rollouts: Rollouts | None = None,
     ) -> None:
         self._service = service
+        self._rollouts = rollouts
         self._core = core
         self._v2 = v2models
         self._metrics = metrics
@@ -137,7 +143,9 @@ class RestApi:
             return
         request = Request(scope, receive)
         path = scope["path"]
-        if _V1.match(path):
+        if _ROLLOUTS_PREFIX.match(path):
+            response = await self._answer(request, self._route_rollouts)
+        elif _V1.match(path):
             response = await self._v1(request)
             if self._options.enable_cors:
                 response.headers.update(_CORS)
@@ -171,7 +179,7 @@ class RestApi:
         method = request.method
         if method == "POST" and (m := _POST.fullmatch(path)):
             spec, api = _spec(m), m.group(4).lower()
-            return spec.name, api.capitalize(), functools.partial(self._post, api, spec)
+            return spec.name, api.capitalize(), functools.partial(self._post, api, spec, Routed(request.headers.get))
         if method == "GET" and (m := _GET.fullmatch(path)):
             if m.group(1) is None:
                 return "", "ListModels", lambda _: _json_ok(self._list_models())
@@ -203,7 +211,8 @@ class RestApi:
                                                                      f"model '{name}'")
             if method == "POST" and action == "infer":
                 header_length = _header_length(request)
-                return name, "ModelInfer", functools.partial(self._infer, name, version, header_length=header_length)
+                return name, "ModelInfer", functools.partial(self._infer, name, version, header_length=header_length,
+                                                             routed=Routed(request.headers.get))
         if method == "POST" and path == "/v2/repository/index":
             return "", "RepositoryIndex", lambda body: _json_ok(json_tensor.dumps(
                 v2models.index(_ready_only(body))))
@@ -349,32 +358,57 @@ class RestApi:
     async def _encoded(self, outputs: Mapping[str, np.ndarray], encode: Callable[[], T]) -> T:
         return await self._off_loop_if(sum(arr.size for arr in outputs.values()) >= _OFFLOAD_ELEMENTS, encode)
 
-    async def _post(self, api: str, spec: ModelSpec, body: bytes) -> Response:
+    async def _post(self, api: str, spec: ModelSpec, routed: Routed, body: bytes) -> Response:
         doc = await self._parsed(json_tensor.parse_object, body)
         spec = dataclasses.replace(spec, signature_name=json_tensor.signature_name(doc, DEFAULT_SIGNATURE))
         if api == "predict":
             row_format = "instances" in doc
             pred = await self._service.predict(spec, lambda sig: json_tensor.parse_predict(doc, sig)[0],
-                                               offload=len(body) >= _OFFLOAD_BYTES)
-            return _json_ok(await self._encoded(pred.outputs, functools.partial(
-                json_tensor.format_predict, pred.outputs, row_format)))
-        examples = await self._off_loop_if(len(body) >= _OFFLOAD_BYTES,
-                                           functools.partial(example.parse_examples, doc, api))
-        if api == "classify":
-            _, (classes, scores) = await self._service.classify(spec, examples)
-            return _json_ok(example.format_classify(classes, scores, len(examples)))
-        _, outputs = await self._service.regress(spec, examples)
-        return _json_ok(example.format_regress(outputs))
+                                               offload=len(body) >= _OFFLOAD_BYTES, routed=routed)
+            content = await self._encoded(pred.outputs, functools.partial(
+                json_tensor.format_predict, pred.outputs, row_format))
+        else:
+            examples = await self._off_loop_if(len(body) >= _OFFLOAD_BYTES,
+                                               functools.partial(example.parse_examples, doc, api))
+            if api == "classify":
+                _, (classes, scores) = await self._service.classify(spec, examples, routed)
+                content = example.format_classify(classes, scores, len(examples))
+            else:
+                _, outputs = await self._service.regress(spec, examples, routed)
+                content = example.format_regress(outputs)
+        return _routed(Response(content, media_type=_JSON), routed)
 
-    async def _infer(self, name: str, version: str, body: bytes, header_length: int | None) -> Response:
+    async def _infer(self, name: str, version: str, body: bytes, header_length: int | None,
+                     routed: Routed) -> Response:
         request = await self._parsed(functools.partial(v2.parse_rest, header_length=header_length), body)
-        result = await self._v2.infer(name, version, request, offload=len(body) >= _OFFLOAD_BYTES)
+        result = await self._v2.infer(name, version, request, offload=len(body) >= _OFFLOAD_BYTES, routed=routed)
         content, json_length = await self._encoded(result.outputs, functools.partial(
             v2.format_rest, name, str(result.version), request, result.outputs, result.signature))
         if json_length is None:
-            return Response(content, media_type=_JSON)
-        return Response(content, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(json_length)})
+            return _routed(Response(content, media_type=_JSON), routed)
+        return _routed(Response(content, media_type="application/octet-stream",
+                                headers={"Inference-Header-Content-Length": str(json_length)}), routed)
+
+    # -- the rollout admin API (docs/rollout.md) --------------------------------------------
+
+    def _route_rollouts(self, request: Request, path: str) -> Route:
+        method, rollouts = request.method, self._rollouts
+        m = _ROLLOUTS.fullmatch(path)
+        if m is None:
+            raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
+        name, action = unquote(m.group(1)) if m.group(1) else None, m.group(2)
+        if rollouts is None:
+            raise ServingError(Code.FAILED_PRECONDITION, "this server runs no rollouts: start it with "
+                               "--rollout_config_file (docs/rollout.md)")
+        if method == "GET" and action is None:
+            if name is None:
+                return "", "ListRollouts", lambda _: _json_ok(json_tensor.dumps({"rollouts": rollouts.describe()}))
+            return name, "GetRollout", lambda _: _json_ok(json_tensor.dumps(rollouts.describe(name)[0]))
+        if method == "POST" and name is not None and action is not None:
+            return name, "UpdateRollout", lambda body: _json_ok(json_tensor.dumps(
+                rollouts.act(name, action.lower(), _weight(body) if action.lower() == "set_weight" else None)))
+        raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}: GET /v1/rollouts[/MODEL] or POST "
+                           "/v1/rollouts/MODEL:pause|resume|promote|abort|set_weight")
 
     def _load(self, name: str, body: bytes) -> Response:
         refuse_overrides(_parameters(body))
@@ -411,6 +445,22 @@ class RestApi:
 
 def _json_ok(content: bytes) -> Response:
     return Response(content, media_type=_JSON)
+
+
+def _routed(response: Response, routed: Routed) -> Response:
+    """Say which arm answered, and run the shadow once the answer is sent."""
+    response.headers.update(routed.headers())
+    if routed.shadow is not None:
+        response.background = BackgroundTask(routed.run_shadow)
+    return response
+
+
+def _weight(body: bytes) -> float:
+    doc = json_tensor.parse_object(body) if body.strip() else {}
+    weight = doc.get("weight")
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise invalid('set_weight needs a body such as {"weight": 5} (percent, 0 to 100)')
+    return float(weight)
 
 
 def _ready_response(ready: bool, what: str) -> Response:

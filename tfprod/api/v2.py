@@ -12,13 +12,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from tfprod import __version__
-from tfprod.api.grpc_api import OFFLOAD_BYTES, Runner
+from tfprod.api.grpc_api import OFFLOAD_BYTES, Runner, routed_call
 from tfprod.codec import v2
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.protos import grpc_predict_v2_pb2 as pb
 from tfprod.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from tfprod.server_core import ServerCore
-from tfprod.service import ModelSpec, Prediction, Service
+from tfprod.service import ModelSpec, Prediction, Routed, Service
 from tfprod.signature import DEFAULT_SIGNATURE
 
 PLATFORM = "tensorflow_savedmodel"  # Triton's name for the platform
@@ -71,13 +71,14 @@ class V2Models:
             "outputs": [v2.tensor_metadata(info) for info in sig.outputs.values()],
         }
 
-    async def infer(self, name: str, version: str, request: v2.V2Request, offload: bool = False) -> Prediction:
+    async def infer(self, name: str, version: str, request: v2.V2Request, offload: bool = False,
+                    routed: Routed | None = None) -> Prediction:
         signature_name = request.parameters.get("signature_name", DEFAULT_SIGNATURE)
         if not isinstance(signature_name, str):
             raise invalid("parameter 'signature_name' must be a string")
         spec = ModelSpec(name, parse_version(version), signature_name=signature_name)
         return await self._service.predict(spec, lambda sig: v2.to_inputs(request, sig),
-                                           lambda sig: tuple(v2.requested_outputs(request, sig)), offload)
+                                           lambda sig: tuple(v2.requested_outputs(request, sig)), offload, routed)
 
     def index(self, ready_only: bool) -> list[dict[str, str]]:
         return [{"name": name, "state": state, "reason": reason} for name, state, reason in self._core.index()
@@ -122,12 +123,13 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._run(context, request.name, "ModelMetadata", work)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        async def work() -> pb.ModelInferResponse:
-            parsed = v2.parse_grpc(request)
-            result = await self._models.infer(request.model_name, request.model_version, parsed,
-                                              offload=request.ByteSize() >= OFFLOAD_BYTES)
-            return v2.format_grpc(request.model_name, str(result.version), parsed, result.outputs, result.signature)
-        return await self._run(context, request.model_name, "ModelInfer", work)
+        return await routed_call(self._run, context, request.model_name, "ModelInfer", self._infer, request)
+
+    async def _infer(self, request: pb.ModelInferRequest, routed: Routed) -> pb.ModelInferResponse:
+        parsed = v2.parse_grpc(request)
+        result = await self._models.infer(request.model_name, request.model_version, parsed,
+                                          offload=request.ByteSize() >= OFFLOAD_BYTES, routed=routed)
+        return v2.format_grpc(request.model_name, str(result.version), parsed, result.outputs, result.signature)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         def work() -> pb.RepositoryIndexResponse:

@@ -40,6 +40,7 @@ ACTION_OF_API = {
     "GetModelStatus": "read", "GetModelMetadata": "read", "ListModels": "read", "ModelMetadata": "read",
     "ModelReady": "read", "RepositoryIndex": "read", "BrowserPage": "read", "ModelFiles": "read", "StaticFiles": "read",
     "HandleReloadConfigRequest": "admin", "RepositoryModelLoad": "admin", "RepositoryModelUnload": "admin",
+    "ListRollouts": "read", "GetRollout": "read", "UpdateRollout": "admin",
 }
 
 

@@ -1,0 +1,239 @@
+"""Gray release: real servers with two real versions that answer differently (y = 0.5x + 2 and
+y = 2x + 1), routed by a rollout config; answers checked against TensorFlow's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import time
+
+import grpc
+import numpy as np
+import pytest
+import saved_models
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from tfprod.config.model_config import ConfigError, ModelConfig
+from tfprod.rollout import analysis
+from tfprod.rollout.config import Analysis, Arm, Shadow, parse_rollout_config
+
+MODELS = [ModelConfig("hpt", "/m", labels={"stable": 1, "canary": 2})]
+
+
+def _parse(text: str) -> dict:  # type: ignore[type-arg]
+    import tomllib
+    return parse_rollout_config(tomllib.loads(textwrap.dedent(text)), MODELS)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[models.hpt]\nstable = "stable"\ncanary = 2\nsteps = [1, 150]', "150 is not a weight in percent"),
+    ('[models.hpt]\nstable = "stable"\ncanary = 2\nsteps = [-1, 5]', "-1 is not a weight"),
+    ('[models.hpt]\nstable = "stable"\ncanary = 2\nsteps = [50, 10]', "must rise"),
+    ('[models.hpt]\nstable = "gold"\ncanary = 2\nsteps = [10]', "no label 'gold'"),
+    ('[models.nope]\nstable = 1\ncanary = 2\nsteps = [10]', "no model 'nope'"),
+    ('[models.hpt]\nstable = 1\ncanary = 2\nsteps = [10]\nweight = 3', "unknown setting(s) weight"),
+    ('[models.hpt]\nstable = 1\ncanary = 2\nsteps = [10]\n[models.hpt.analysis]\nmax_error_rate = 5',
+     "is a rate"),
+])
+def test_bad_rollout_configs_are_refused_with_the_reason(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _parse(text)
+
+
+def test_buckets_are_sticky_and_raising_the_weight_keeps_canary_users() -> None:
+    keys = [f"user-{i}" for i in range(4000)]
+    at_5 = {k for k in keys if analysis.on_canary(5, analysis.bucket("m", k))}
+    at_50 = {k for k in keys if analysis.on_canary(50, analysis.bucket("m", k))}
+    assert at_5 < at_50  # every 5% user is still on the canary at 50%
+    assert abs(len(at_5) / len(keys) - 0.05) < 0.02 and abs(len(at_50) / len(keys) - 0.5) < 0.04
+    assert analysis.bucket("m", "user-1") == analysis.bucket("m", "user-1")
+
+
+def test_disagreement_and_psi() -> None:
+    rules = Shadow(Arm(version=1), compare="close")
+    live = {"y": np.array([1.0, 2.0, 3.0, 4.0])}
+    assert analysis.disagreeing_rows(live, {"y": np.array([1.0, 2.0, 3.5, 4.0])}, rules) == (4, 1)
+    assert analysis.disagreeing_rows(live, {"z": np.array([1.0])}, rules) == (4, 4)
+    top1 = Shadow(rules.arm, compare="top1")
+    scores = {"p": np.array([[0.1, 0.9], [0.8, 0.2]])}
+    assert analysis.disagreeing_rows(scores, {"p": np.array([[0.4, 0.6], [0.4, 0.6]])}, top1) == (2, 1)
+    rng = np.random.default_rng(0)
+    same = analysis.psi(rng.normal(size=5000), rng.normal(size=5000), False)
+    shifted = analysis.psi(rng.normal(size=5000), rng.normal(1.0, size=5000), False)
+    assert same < 0.02 < 0.2 < shifted
+
+
+def test_judge_holds_on_little_evidence_and_fails_an_erroring_canary() -> None:
+    rules = Analysis(min_requests=10, max_error_rate=0.05)
+    few = analysis.ArmWindow(requests=3)
+    assert analysis.judge(rules, 10, analysis.ArmWindow(requests=100), few, analysis.ShadowWindow()).result == \
+        "inconclusive"
+    bad = analysis.ArmWindow(requests=20, errors=10)
+    verdict = analysis.judge(rules, 10, analysis.ArmWindow(requests=100), bad, analysis.ShadowWindow())
+    assert verdict.result == "fail" and "error rate 50.00%" in verdict.reasons[0]
+
+
+class RenamedInput(tf.Module):
+    """A canary whose input was renamed: every request written for the stable signature fails on it."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="z")])
+    def predict(self, z: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": 2.0 * z + 1.0}
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("rollout")
+    base = root / "hpt"
+    saved_models.half_plus_two(str(base / "1"))
+    saved_models.half_plus_two(str(base / "2"), a=2.0, b=1.0)
+    module = RenamedInput()
+    tf.saved_model.save(module, str(base / "3"), signatures={"serving_default": module.predict})
+    return str(root)
+
+
+def _configs(root: str, rollout: str) -> list[str]:
+    models = os.path.join(root, "models.config")
+    with open(models, "w") as f:
+        f.write(f"""model_config_list {{ config {{ name: "hpt" base_path: "{root}/hpt" model_platform: "tensorflow"
+  model_version_policy {{ specific {{ versions: 1 versions: 2 versions: 3 }} }}
+  version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: 2 }} }} }}""")
+    path = os.path.join(root, "rollout.toml")
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(rollout))
+    monitoring = os.path.join(root, "monitoring.config")
+    with open(monitoring, "w") as f:
+        f.write('prometheus_config { enable: true path: "/metrics" }')
+    return [f"--model_config_file={models}", f"--rollout_config_file={path}", f"--monitoring_config_file={monitoring}"]
+
+
+def _y(server, x: float, headers: dict | None = None, path: str = "/v1/models/hpt:predict"):  # type: ignore[no-untyped-def]
+    r = server.client.post(path, json={"instances": [x]}, headers=headers or {})
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"][0], r.headers
+
+
+def test_weighted_sticky_split_explicit_versions_and_admin(start_server, two_versions: str) -> None:  # type: ignore[no-untyped-def]
+    root = os.path.join(two_versions, "split")
+    os.makedirs(root)
+    os.symlink(os.path.join(two_versions, "hpt"), os.path.join(root, "hpt"))
+    flags = _configs(root, """
+        [models.hpt]
+        stable = "stable"
+        canary = "canary"
+        steps = [20, 60, 100]
+        sticky_key = "x-user-id"
+        [models.hpt.analysis]
+        interval_s = 3600
+        min_requests = 1000000
+        [models.hpt.shadow]
+        version = 3
+        sample_percent = 100
+        max_in_flight = 2
+    """)
+    server = start_server(flags)
+    stable_y, canary_y = 0.5 * 3.0 + 2.0, 2.0 * 3.0 + 1.0
+    # without a key: per-request random at 20%
+    answers = [_y(server, 3.0) for _ in range(300)]
+    canary = sum(1 for y, h in answers if y == pytest.approx(canary_y))
+    assert all(y in (pytest.approx(stable_y), pytest.approx(canary_y)) for y, _ in answers)
+    assert 30 <= canary <= 95, canary  # 20% of 300 = 60; 4+ sigma bounds
+    for y, headers in answers:
+        assert headers["x-tfprod-arm"] == ("canary" if y == pytest.approx(canary_y) else "stable")
+        assert headers["x-tfprod-version"] == ("2" if headers["x-tfprod-arm"] == "canary" else "1")
+    # sticky: the same key, the same arm, every time
+    arms = {}
+    for i in range(60):
+        arm = {_y(server, 3.0, {"x-user-id": f"u{i}"})[1]["x-tfprod-arm"] for _ in range(3)}
+        assert len(arm) == 1
+        arms[f"u{i}"] = arm.pop()
+    # explicit versions and labels are never rerouted
+    for _ in range(20):
+        assert _y(server, 3.0, path="/v1/models/hpt/versions/1:predict")[0] == pytest.approx(stable_y)
+        y, headers = _y(server, 3.0, path="/v1/models/hpt/labels/canary:predict")
+        assert y == pytest.approx(canary_y) and "x-tfprod-arm" not in headers
+    # gRPC reads the key from metadata and says the arm in trailing metadata
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "hpt"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([3.0], np.float32)))
+        for key in ("u1", "u2", "u3"):
+            response, call = stub.Predict.with_call(request, metadata=(("x-user-id", key),))
+            trailing = dict(call.trailing_metadata())
+            assert trailing["x-tfprod-arm"] == arms[key]
+            assert response.model_spec.version.value == (2 if arms[key] == "canary" else 1)
+    # admin: raise the weight; earlier canary users stay on the canary
+    r = server.client.post("/v1/rollouts/hpt:set_weight", json={"weight": 60})
+    assert r.status_code == 200 and r.json()["state"] == "paused" and r.json()["weight"] == 60
+    for key, arm in arms.items():
+        if arm == "canary":
+            assert _y(server, 3.0, {"x-user-id": key})[1]["x-tfprod-arm"] == "canary"
+    assert server.client.post("/v1/rollouts/hpt:set_weight", json={"weight": 101}).status_code == 400
+    assert server.client.post("/v1/rollouts/nope:pause").status_code == 404
+    # the shadow (version 3, renamed input) fails on every request: counted, never answered
+    metrics = server.client.get("/metrics").text
+    assert ':tfprod:rollout:request_count{arm="canary",model_name="hpt",status="OK",version="2"}' in metrics
+    assert 'shadow_request_count{model_name="hpt",outcome="error"}' in metrics
+    # promotion moves the stable label with no failed request
+    r = server.client.post("/v1/rollouts/hpt:promote")
+    assert r.status_code == 200 and r.json()["state"] == "promoted"
+    labels = server.client.get("/v1/models/hpt/labels/stable").json()
+    assert labels["model_version_status"][0]["version"] == "2"
+    for _ in range(20):
+        assert _y(server, 3.0)[0] == pytest.approx(canary_y)
+        assert _y(server, 3.0, path="/v1/models/hpt/labels/stable:predict")[0] == pytest.approx(canary_y)
+
+
+def test_an_erroring_canary_is_rolled_back_while_stable_serves(start_server, two_versions: str) -> None:  # type: ignore[no-untyped-def]
+    root = os.path.join(two_versions, "rollback")
+    os.makedirs(root)
+    os.symlink(os.path.join(two_versions, "hpt"), os.path.join(root, "hpt"))
+    flags = _configs(root, """
+        [models.hpt]
+        stable = 1
+        canary = 3
+        steps = [50, 100]
+        [models.hpt.analysis]
+        interval_s = 1
+        min_requests = 5
+        failure_limit = 2
+        max_error_rate = 0.05
+    """)
+    server = start_server(flags)
+    failed_on_stable = 0
+    rolled_back = False
+    deadline = time.monotonic() + 30  # failure_limit=2 intervals of 1 s, a few requests each
+    while time.monotonic() < deadline:
+        r = server.client.post("/v1/models/hpt:predict", json={"inputs": {"x": [3.0]}})
+        if r.headers.get("x-tfprod-arm") == "stable":
+            failed_on_stable += r.status_code != 200
+        state = server.client.get("/v1/rollouts/hpt").json()
+        if state["state"] == "rolled_back":
+            rolled_back = True
+            break
+    assert rolled_back, server.log()[-3000:]
+    assert failed_on_stable == 0
+    assert state["weight"] == 0 and "error rate" in state["reason"]
+    assert state["last_analysis"]["canary"]["error_rate"] > 0.5
+    for _ in range(30):  # every request on the stable arm now
+        r = server.client.post("/v1/models/hpt:predict", json={"inputs": {"x": [3.0]}})
+        assert r.status_code == 200 and r.headers["x-tfprod-arm"] == "stable"
+    assert "rolled back" in server.log()
+    metrics = server.client.get("/metrics").text
+    assert ':tfprod:rollout:rollback_count{model_name="hpt"} 1' in metrics
+    assert ':tfprod:rollout:state{model_name="hpt",state="rolled_back"} 1' in metrics
+    # the state survives a restart
+    with open(os.path.join(root, "rollout.toml.state.json")) as f:
+        saved = json.load(f)
+    assert saved["rollouts"]["hpt"]["state"] == "rolled_back"
+    server.stop()
+    again = start_server(flags)
+    assert again.client.get("/v1/rollouts/hpt").json()["state"] == "rolled_back"
+    # a bad rollout config at start is refused with its reason
+    bad = _configs(os.path.join(two_versions, "rollback"), '[models.hpt]\nstable = 1\ncanary = 9\nsteps = [5]\n')
+    refused = start_server(bad, wait=False)
+    assert refused.proc.wait(timeout=120) != 0
+    assert "has no version 9" in refused.log()
