@@ -91,6 +91,7 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> str:
     saved_models.half_plus_two(str(base / "2"), a=2.0, b=1.0)
     module = RenamedInput()
     tf.saved_model.save(module, str(base / "3"), signatures={"serving_default": module.predict})
+    saved_models.slow(str(base / "4"))
     return str(root)
 
 
@@ -98,7 +99,7 @@ def _configs(root: str, rollout: str) -> list[str]:
     models = os.path.join(root, "models.config")
     with open(models, "w") as f:
         f.write(f"""model_config_list {{ config {{ name: "hpt" base_path: "{root}/hpt" model_platform: "tensorflow"
-  model_version_policy {{ specific {{ versions: 1 versions: 2 versions: 3 }} }}
+  model_version_policy {{ specific {{ versions: 1 versions: 2 versions: 3 versions: 4 }} }}
   version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: 2 }} }} }}""")
     path = os.path.join(root, "rollout.toml")
     with open(path, "w") as f:
@@ -109,6 +110,13 @@ def _configs(root: str, rollout: str) -> list[str]:
     return [f"--model_config_file={models}", f"--rollout_config_file={path}", f"--monitoring_config_file={monitoring}"]
 
 
+def _fresh(two_versions: str, name: str) -> str:
+    root = os.path.join(two_versions, name)
+    os.makedirs(root)
+    os.symlink(os.path.join(two_versions, "hpt"), os.path.join(root, "hpt"))
+    return root
+
+
 def _y(server, x: float, headers: dict | None = None, path: str = "/v1/models/hpt:predict"):  # type: ignore[no-untyped-def]
     r = server.client.post(path, json={"instances": [x]}, headers=headers or {})
     assert r.status_code == 200, r.text
@@ -116,9 +124,7 @@ def _y(server, x: float, headers: dict | None = None, path: str = "/v1/models/hp
 
 
 def test_weighted_sticky_split_explicit_versions_and_admin(start_server, two_versions: str) -> None:  # type: ignore[no-untyped-def]
-    root = os.path.join(two_versions, "split")
-    os.makedirs(root)
-    os.symlink(os.path.join(two_versions, "hpt"), os.path.join(root, "hpt"))
+    root = _fresh(two_versions, "split")
     flags = _configs(root, """
         [models.hpt]
         stable = "stable"
@@ -188,9 +194,7 @@ def test_weighted_sticky_split_explicit_versions_and_admin(start_server, two_ver
 
 
 def test_an_erroring_canary_is_rolled_back_while_stable_serves(start_server, two_versions: str) -> None:  # type: ignore[no-untyped-def]
-    root = os.path.join(two_versions, "rollback")
-    os.makedirs(root)
-    os.symlink(os.path.join(two_versions, "hpt"), os.path.join(root, "hpt"))
+    root = _fresh(two_versions, "rollback")
     flags = _configs(root, """
         [models.hpt]
         stable = 1
@@ -237,3 +241,139 @@ def test_an_erroring_canary_is_rolled_back_while_stable_serves(start_server, two
     refused = start_server(bad, wait=False)
     assert refused.proc.wait(timeout=120) != 0
     assert "has no version 9" in refused.log()
+
+
+def test_admin_scope_and_a_bad_config_on_poll_keeps_the_rollout(start_server, two_versions: str) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    root = _fresh(two_versions, "admin")
+    rollout = '[models.hpt]\nstable = "stable"\ncanary = "canary"\nsteps = [10, 100]\n'
+    flags = _configs(root, rollout)
+    security = os.path.join(root, "security.toml")
+    with open(security, "w") as f:
+        for name, scopes in (("reader", ["read:*", "predict:*"]), ("operator", ["admin"])):
+            f.write(f'[[auth.api_keys]]\nname = "{name}"\nsha256 = "{hashlib.sha256(name.encode()).hexdigest()}"\n'
+                    f'scopes = {json.dumps(scopes)}\n')
+    server = start_server([*flags, f"--security_config_file={security}", "--model_config_file_poll_wait_seconds=1"])
+    reader, operator = {"X-API-Key": "reader"}, {"X-API-Key": "operator"}
+    assert server.client.get("/v1/rollouts").status_code == 401
+    assert server.client.get("/v1/rollouts", headers=reader).json()["rollouts"][0]["weight"] == 10
+    refused = server.client.post("/v1/rollouts/hpt:pause", headers=reader)
+    assert refused.status_code == 403 and "admin" in refused.text
+    assert server.client.post("/v1/rollouts/hpt:pause", headers=operator).json()["state"] == "paused"
+    # a bad file on the next poll is refused; the running rollout stays as it was
+    with open(os.path.join(root, "rollout.toml"), "w") as f:
+        f.write(rollout.replace("[10, 100]", "[10, 500]"))
+    server.wait_until(lambda: "keeping the running rollouts" in server.log(), 15, "the refusal")
+    assert "500 is not a weight in percent" in server.log()
+    state = server.client.get("/v1/rollouts/hpt", headers=reader).json()
+    assert state["state"] == "paused" and state["steps"] == [10, 100]
+
+
+def test_a_slow_canary_is_rolled_back(start_server, two_versions: str) -> None:  # type: ignore[no-untyped-def]
+    flags = _configs(_fresh(two_versions, "slow"), """
+        [models.hpt]
+        stable = 1
+        canary = 4
+        steps = [50, 100]
+        [models.hpt.analysis]
+        interval_s = 1
+        min_requests = 3
+        failure_limit = 2
+        max_p99_ratio = 3
+    """)
+    server = start_server(flags)
+    deadline, state = time.monotonic() + 40, {}
+    while time.monotonic() < deadline and state.get("state") != "rolled_back":
+        r = server.client.post("/v1/models/hpt:predict", json={"instances": [0.05]})  # the canary waits 50 ms
+        assert r.status_code == 200
+        state = server.client.get("/v1/rollouts/hpt").json()
+    assert state["state"] == "rolled_back", server.log()[-3000:]
+    assert "max_p99_ratio" in state["reason"] and state["last_analysis"]["canary"]["p99_ms"] >= 50
+
+
+def test_a_canary_passes_every_step_from_1_to_100_percent(start_server, two_versions: str) -> None:  # type: ignore[no-untyped-def]
+    flags = _configs(_fresh(two_versions, "steps"), """
+        [models.hpt]
+        stable = "stable"
+        canary = "canary"
+        steps = [1, 50, 100]
+        sticky_key = "x-user-id"
+        [models.hpt.analysis]
+        interval_s = 1
+        min_requests = 3
+    """)
+    server = start_server(flags)
+    at_1 = [k for k in (f"user-{i}" for i in range(2000)) if analysis.on_canary(1, analysis.bucket("hpt", k))][:5]
+    weights, deadline = [], time.monotonic() + 40
+    while time.monotonic() < deadline:
+        for key in at_1:
+            y, headers = _y(server, 3.0, {"x-user-id": key})
+            assert y == pytest.approx(7.0) and headers["x-tfprod-version"] == "2"  # a 1% user stays on the canary
+            assert headers["x-tfprod-arm"] == "canary" or server.client.get("/v1/rollouts/hpt").json()["state"] == \
+                "promoted"  # after promotion the stable arm is version 2
+        state = server.client.get("/v1/rollouts/hpt").json()
+        if not weights or weights[-1] != state["weight"]:
+            weights.append(state["weight"])
+        if state["state"] == "promoted":
+            break
+    assert state["state"] == "promoted", server.log()[-3000:]
+    assert weights[:3] == [1, 50, 100]
+    status = server.client.get("/v1/models/hpt/labels/stable").json()
+    assert status["model_version_status"][0]["version"] == "2"
+
+
+def test_shadow_disagreement_rate_and_latency_bound_and_promotion_under_load(  # type: ignore[no-untyped-def]
+        start_server, two_versions: str) -> None:
+    import concurrent.futures
+
+    flags = _configs(_fresh(two_versions, "shadow"), """
+        [models.hpt]
+        stable = "stable"
+        canary = "canary"
+        steps = [0, 100]
+        [models.hpt.shadow]
+        label = "canary"
+        sample_percent = 100
+        max_in_flight = 64
+        [models.hpt.analysis]
+        interval_s = 3600
+    """)
+    server = start_server(flags)
+    rows = [2 / 3, 1.0, 2.0, 3.0]  # y = 0.5x + 2 and y = 2x + 1 agree at x = 2/3 only
+    expected = (0.5 * np.array(rows, np.float32) + 2).tolist()
+    shadowed, direct = [], []
+    for _ in range(40):
+        started = time.perf_counter()
+        r = server.client.post("/v1/models/hpt:predict", json={"instances": rows})
+        shadowed.append(time.perf_counter() - started)
+        assert r.json()["predictions"] == pytest.approx(expected) and r.headers["x-tfprod-arm"] == "stable"
+        started = time.perf_counter()
+        server.client.post("/v1/models/hpt/versions/1:predict", json={"instances": rows})
+        direct.append(time.perf_counter() - started)
+    # the shadow runs after the answer: live requests are no slower than unshadowed ones, within a bound
+    assert np.median(shadowed) <= 2 * np.median(direct) + 0.01, (np.median(shadowed), np.median(direct))
+
+    def counts() -> tuple[float, float]:
+        text = server.client.get("/metrics").text
+        values = {}
+        for line in text.splitlines():
+            for kind in ("compared", "disagreeing"):
+                if line.startswith(f':tfprod:rollout:shadow_{kind}_rows{{model_name="hpt"}}'):
+                    values[kind] = float(line.rsplit(" ", 1)[1])
+        return values.get("compared", 0.0), values.get("disagreeing", 0.0)
+    server.wait_until(lambda: counts()[0] == 40 * len(rows), 10, "every shadow compared")
+    compared, disagreeing = counts()
+    assert disagreeing / compared == pytest.approx(0.75)
+
+    def call(i: int) -> int:
+        path = "/v1/models/hpt/labels/stable:predict" if i % 2 else "/v1/models/hpt:predict"
+        return server.client.post(path, json={"instances": [3.0]}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        before = [pool.submit(call, i) for i in range(200)]
+        time.sleep(0.2)
+        assert server.client.post("/v1/rollouts/hpt:promote").json()["state"] == "promoted"
+        after = [pool.submit(call, i) for i in range(100)]
+        codes = [f.result() for f in before + after]
+    assert codes.count(200) == len(codes)
+    assert _y(server, 3.0, path="/v1/models/hpt/labels/stable:predict")[0] == pytest.approx(7.0)

@@ -3,6 +3,7 @@ type or a key nobody asked for is a `ConfigError` (a typo must not silently turn
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,3 +33,14 @@ class Table:
         unknown = sorted(set(self._doc) - self._seen)
         if unknown:
             raise ConfigError(f"{self._where}: unknown setting(s) {', '.join(unknown)} (see {self._docs})")
+
+
+def read_toml(path: str, flag: str) -> dict[str, Any]:
+    """The file behind `flag` (e.g. --security_config_file), or a ConfigError saying what is wrong with it."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{flag} {path}: not valid TOML: {e}") from None

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tfprod.config.model_config import ConfigError, ModelConfig
-from tfprod.config.table import Table
+from tfprod.config.table import Table, read_toml
 
 _DOCS = "docs/rollout.md"
 COMPARE = ("close", "top1")
@@ -89,13 +88,7 @@ class Rollout:
 
 
 def read_rollout_config(path: str, models: Sequence[ModelConfig]) -> dict[str, Rollout]:
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"--rollout_config_file: cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--rollout_config_file {path}: not valid TOML: {e}") from None
+    doc = read_toml(path, "--rollout_config_file")
     try:
         return parse_rollout_config(doc, models)
     except ConfigError as e:

@@ -12,14 +12,13 @@ import dataclasses
 import fnmatch
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from typing import Any
 
 import jwt
 
 from tfprod.config.model_config import ConfigError
-from tfprod.config.table import Table
+from tfprod.config.table import Table, read_toml
 
 ACTIONS = ("read", "predict", "admin")
 _HMAC = ("HS256", "HS384", "HS512")
@@ -121,13 +120,7 @@ class SecurityConfig:
 
 
 def read_security_config(path: str) -> SecurityConfig:
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"--security_config_file: cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--security_config_file {path}: not valid TOML: {e}") from None
+    doc = read_toml(path, "--security_config_file")
     try:
         return parse_security_config(doc, os.path.dirname(os.path.abspath(path)), path)
     except ConfigError:
