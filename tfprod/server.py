@@ -137,6 +137,9 @@ async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcS
         except ConfigError as e:
             raise ConfigError(f"--rollout_config_file {options.rollout_config_file}: {e}") from None
         rollouts.start()
+        if options.model_config_file_poll_wait_seconds > 0:  # from the config just applied on
+            rollouts.poll_file(options.rollout_config_file, options.model_config_file_poll_wait_seconds,
+                               lambda: core.models, options.rollouts)
     waits: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     rest = None
     if grpc_server is not None:
@@ -327,9 +330,6 @@ def run(options: ServerOptions) -> None:
     source.start()
     if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
         core.poll_config_file(options.model_config_file, options.model_config_file_poll_wait_seconds, options.models)
-    if rollouts is not None and options.model_config_file_poll_wait_seconds > 0:
-        rollouts.poll_file(options.rollout_config_file, options.model_config_file_poll_wait_seconds,
-                           lambda: core.models, options.rollouts)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop: REST's fast path
             runner.run(_serve(options, app, grpc_server, core, pool, rollouts))

@@ -231,7 +231,7 @@ class Service:
         shadow: Mapping[str, np.ndarray] | None = None
         try:
             with self._manager.handle(choice.model, choice.shadow_version) as (_, servable):
-                shadow = outputs_of(await run(servable))
+                shadow = outputs_of(await asyncio.wait_for(run(servable), choice.shadow_timeout_s))
         except Exception as e:  # the shadow's failure is counted, never answered
             log.debug("shadow run of %s version %d failed: %s", choice.model, choice.shadow_version, e)
         finally:

@@ -397,16 +397,20 @@ class RestApi:
         if m is None:
             raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
         name, action = unquote(m.group(1)) if m.group(1) else None, m.group(2)
-        if rollouts is None:
-            raise ServingError(Code.FAILED_PRECONDITION, "this server runs no rollouts: start it with "
-                               "--rollout_config_file (docs/rollout.md)")
+
+        def running() -> Rollouts:  # asked once the caller is admitted: strangers learn nothing
+            if rollouts is None:
+                raise ServingError(Code.FAILED_PRECONDITION, "this server runs no rollouts: start it with "
+                                   "--rollout_config_file (docs/rollout.md)")
+            return rollouts
+
         if method == "GET" and action is None:
             if name is None:
-                return "", "ListRollouts", lambda _: _json_ok(json_tensor.dumps({"rollouts": rollouts.describe()}))
-            return name, "GetRollout", lambda _: _json_ok(json_tensor.dumps(rollouts.describe(name)[0]))
+                return "", "ListRollouts", lambda _: _json_ok(json_tensor.dumps({"rollouts": running().describe()}))
+            return name, "GetRollout", lambda _: _json_ok(json_tensor.dumps(running().describe(name)[0]))
         if method == "POST" and name is not None and action is not None:
             return name, "UpdateRollout", lambda body: _json_ok(json_tensor.dumps(
-                rollouts.act(name, action.lower(), _weight(body) if action.lower() == "set_weight" else None)))
+                running().act(name, action.lower(), _weight(body) if action.lower() == "set_weight" else None)))
         raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}: GET /v1/rollouts[/MODEL] or POST "
                            "/v1/rollouts/MODEL:pause|resume|promote|abort|set_weight")
 

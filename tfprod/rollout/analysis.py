@@ -72,7 +72,7 @@ def _row_differs(a: np.ndarray, b: np.ndarray, rules: Shadow) -> np.ndarray:
 def row_values(output: np.ndarray) -> tuple[np.ndarray, bool] | None:
     """One number per row for drift: the value of a one-element row, else its argmax (a class:
     categorical). None for text outputs."""
-    if output.dtype.kind not in "biuf":
+    if output.dtype.kind not in "biuf" or output.size == 0:
         return None
     rows = output.reshape(_rows(output), -1)
     if rows.shape[1] == 1:
@@ -89,9 +89,9 @@ def psi(expected: np.ndarray, actual: np.ndarray, categorical: bool) -> float:
     categories for classes, else ten bins cut at `expected`'s deciles. Above 0.2 is a big shift by
     the usual rule of thumb, below 0.1 small."""
     if categorical:
-        edges = np.unique(np.concatenate([expected, actual]))
-        e = np.array([np.count_nonzero(expected == c) for c in edges], dtype=np.float64)
-        a = np.array([np.count_nonzero(actual == c) for c in edges], dtype=np.float64)
+        classes, codes = np.unique(np.concatenate([expected, actual]), return_inverse=True)
+        e = np.bincount(codes[:len(expected)], minlength=len(classes)).astype(np.float64)
+        a = np.bincount(codes[len(expected):], minlength=len(classes)).astype(np.float64)
     else:
         cuts = np.unique(np.quantile(expected, np.linspace(0, 1, _PSI_BINS + 1)[1:-1]))
         e = np.bincount(np.searchsorted(cuts, expected, side="right"), minlength=len(cuts) + 1).astype(np.float64)
@@ -165,13 +165,14 @@ def judge(rules: Analysis, weight: float, stable: ArmWindow, canary: ArmWindow, 
         reasons.append(f"canary P99 latency {p99_c:.1f} ms is more than max_p99_ratio={rules.max_p99_ratio:g} "
                        f"times the stable arm's {p99_s:.1f} ms")
     disagreement = shadow.disagreement()
-    if rules.max_disagreement is not None and shadow.errors and shadow.requests == shadow.errors:
-        reasons.append(f"every one of {shadow.errors} shadowed requests failed on the shadow")
+    shadow_errors = shadow.errors / shadow.requests if shadow.requests else 0.0
+    if rules.max_disagreement is not None and shadow_errors > (rules.max_error_rate or 0.0):
+        reasons.append(f"{shadow_errors:.2%} of {shadow.requests} shadowed requests failed on the shadow")
     elif rules.max_disagreement is not None and disagreement is not None and disagreement > rules.max_disagreement:
         reasons.append(f"shadow disagreement {disagreement:.2%} of {shadow.rows} rows is above "
                        f"max_disagreement={rules.max_disagreement:.2%}")
-    if rules.max_psi is not None and len(stable.drift) >= rules.min_requests and \
-            len(canary.drift) >= rules.min_requests:
+    if rules.max_psi is not None and stable.drift and canary.drift and \
+            min(stable.requests - stable.errors, canary.requests - canary.errors) >= rules.min_requests:
         value = psi(np.asarray(stable.drift), np.asarray(canary.drift), stable.categorical or canary.categorical)
         numbers["psi"] = value
         if value > rules.max_psi:

@@ -57,6 +57,7 @@ class Shadow:
     atol: float = 1e-6
     rtol: float = 1e-5
     output: str | None = None  # compare this output only (default: every output both answers have)
+    timeout_s: float = 10.0  # a shadow still running then is given up (and counted as an error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +130,15 @@ def _rollout(name: str, doc: Any, model: ModelConfig) -> Rollout:
             raise ConfigError(f"{where}.steps: {w!r} is not a weight in percent between 0 and 100")
     if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
         raise ConfigError(f"{where}.steps: {steps} must rise step by step")
+    analysis = _analysis(analysis_doc, f"[models.{name}.analysis]")
+    if steps[0] == 0 and (shadow_doc is None or analysis.max_disagreement is None):
+        raise ConfigError(f"{where}.steps: a first step of 0 sends the canary no traffic, so only a shadow can judge "
+                          f"it: add [models.{name}.shadow] and [models.{name}.analysis] max_disagreement")
     if sticky is not None and not sticky.strip():
         raise ConfigError(f"{where}.sticky_key: give a header name such as 'x-user-id', or leave it out")
     return Rollout(name, stable, canary, tuple(float(w) for w in steps),
                    sticky.strip().lower() if sticky else None,
-                   _shadow(shadow_doc, f"{where}.shadow", model) if shadow_doc is not None else None,
-                   _analysis(analysis_doc, f"[models.{name}.analysis]"))
+                   _shadow(shadow_doc, f"{where}.shadow", model) if shadow_doc is not None else None, analysis)
 
 
 def _arm(value: Any, where: str, model: ModelConfig) -> Arm:
@@ -159,10 +163,13 @@ def _shadow(doc: Any, where: str, model: ModelConfig) -> Shadow:
     arm = _arm(version if version is not None else label, where, model)
     shadow = Shadow(arm, float(t.get("sample_percent", (int, float), 100.0)), t.get("max_in_flight", int, 4),
                     t.get("compare", str, "close"), float(t.get("atol", (int, float), 1e-6)),
-                    float(t.get("rtol", (int, float), 1e-5)), t.get("output", str))
+                    float(t.get("rtol", (int, float), 1e-5)), t.get("output", str),
+                    float(t.get("timeout_s", (int, float), 10.0)))
     t.done()
     if not 0 < shadow.sample_percent <= 100:
         raise ConfigError(f"{where}.sample_percent: {shadow.sample_percent:g} is not a percentage in (0, 100]")
+    if not shadow.timeout_s > 0:
+        raise ConfigError(f"{where}.timeout_s must be above 0")
     if shadow.max_in_flight < 1:
         raise ConfigError(f"{where}.max_in_flight must be at least 1")
     if shadow.compare not in COMPARE:

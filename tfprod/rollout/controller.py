@@ -66,6 +66,7 @@ class Choice:
     arm: str  # STABLE or CANARY
     version: int
     shadow_version: int | None = None  # run this version too, after the answer, and compare
+    shadow_timeout_s: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,6 @@ class _Live:
         self.windows = {STABLE: ArmWindow(), CANARY: ArmWindow()}
         self.seen = {STABLE: [0, 0], CANARY: [0, 0]}  # (latencies, drift values) offered to the sample
         self.shadow = ShadowWindow()
-        self.shadows_in_flight = 0
         self.due = now + rollout.analysis.interval_s
 
 
@@ -110,6 +110,11 @@ class Rollouts(Collector):
         self._clock = clock
         self._lock = threading.RLock()
         self._live: dict[str, _Live] = {}
+        self._in_flight: dict[str, int] = defaultdict(int)  # shadows running per model, across config changes
+        # Label moves decided under the lock, made outside it (`_move_labels`): ServerCore's lock can
+        # be held for a whole reload, and requests take this lock on the event loop.
+        self._moves: list[tuple[str, dict[str, int]]] = []
+        self._moving = threading.Lock()
         self._saved = self._read_state()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,7 +150,7 @@ class Rollouts(Collector):
             for name in list(self._live):
                 if name not in rollouts:
                     del self._live[name]
-                    self._labels.override_labels(name, {})
+                    self._moves.append((name, {}))
                     log.info("rollout of %s removed: its labels are the model config's again", name)
             for name, rollout in rollouts.items():
                 live = self._live.get(name)
@@ -153,19 +158,20 @@ class Rollouts(Collector):
                     live.rollout = rollout  # thresholds may change; the state stays
                     continue
                 saved = self._saved.get(name)
-                if saved is not None and saved.get("identity") == _identity(rollout):
-                    state = _state_of(saved)
+                state = _state_of(saved, rollout.steps) if saved is not None and \
+                    saved.get("identity") == _identity(rollout) else None
+                if state is not None:
                     log.info("rollout of %s resumed from the state file: %s at %g%%", name, state.state, state.weight)
                 else:
                     state = State(weight=rollout.steps[0], canary_version=self._resolve(name, rollout.canary)) \
                         .event(f"started at {rollout.steps[0]:g}%")
                     log.info("rollout of %s started: %s -> %s at %g%%", name, rollout.stable, rollout.canary,
                              rollout.steps[0])
-                self._labels.override_labels(name, {})
                 self._live[name] = _Live(rollout, state, now)
                 if state.state == PROMOTED:
                     self._move_stable_label(self._live[name])
             self._save_locked()
+        self._move_labels()
 
     def poll_file(self, path: str, every_s: float, models: Callable[[], Sequence[ModelConfig]],
                   read_at_start: Sequence[Rollout]) -> None:
@@ -195,22 +201,23 @@ class Rollouts(Collector):
             return None
         rollout, state = live.rollout, live.state
         stable = self._stable_version(live)
-        if stable is None:
-            return None  # its label waits for its version: TF Serving's own rule (latest) applies
+        if stable is None:  # its version is not AVAILABLE: TF Serving's rule (latest), but never the canary
+            others = [v for v in self._manager.available_versions(model) if v != state.canary_version]
+            return Choice(model, STABLE, max(others)) if others else None
         if state.state not in (PROGRESSING, PAUSED):
             return Choice(model, STABLE, stable)
         if state.weight > 0:
             key = key_of(rollout.sticky_key) if rollout.sticky_key else None
             drawn = analysis.bucket(model, key) if key else random.randrange(analysis.BUCKETS)
             if analysis.on_canary(state.weight, drawn):
-                canary = self._available(model, self._resolve(model, rollout.canary))
+                canary = self._available(model, state.canary_version)  # the version analysed, not the label's now
                 if canary is not None:
                     return Choice(model, CANARY, canary)
         shadow = rollout.shadow
         if shadow is not None and random.random() * 100 < shadow.sample_percent:
             version = self._available(model, self._resolve(model, shadow.arm))
             if version is not None and version != stable:
-                return Choice(model, STABLE, stable, version)
+                return Choice(model, STABLE, stable, version, shadow.timeout_s)
         return Choice(model, STABLE, stable)
 
     def stable_version(self, model: str) -> int | None:
@@ -248,8 +255,7 @@ class Rollouts(Collector):
         with self._lock:
             live = self._live.get(model)
             shadow_rules = live.rollout.shadow if live is not None else None
-            if live is not None:
-                live.shadows_in_flight -= 1
+            self._in_flight[model] = max(self._in_flight[model] - 1, 0)
             if shadow_outputs is None or live_outputs is None or shadow_rules is None:
                 self._shadow[(model, "error")] += 1
                 if live is not None:
@@ -271,11 +277,11 @@ class Rollouts(Collector):
             live = self._live.get(model)
             if live is None or live.rollout.shadow is None:
                 return False
-            if live.shadows_in_flight >= live.rollout.shadow.max_in_flight:
+            if self._in_flight[model] >= live.rollout.shadow.max_in_flight:
                 live.shadow.dropped += 1
                 self._shadow[(live.rollout.model, "dropped")] += 1
                 return False
-            live.shadows_in_flight += 1
+            self._in_flight[model] += 1
             return True
 
     # -- arms --------------------------------------------------------------------------------
@@ -291,14 +297,22 @@ class Rollouts(Collector):
 
     def _stable_version(self, live: _Live) -> int | None:
         rollout, state = live.rollout, live.state
-        if state.state == PROMOTED and rollout.stable.label is None:
+        if state.state == PROMOTED:  # at once, before the stable label has moved (`_move_labels`)
             return self._available(rollout.model, state.canary_version)
         return self._available(rollout.model, self._resolve(rollout.model, rollout.stable))
 
     def _move_stable_label(self, live: _Live) -> None:
         label, version = live.rollout.stable.label, live.state.canary_version
         if label is not None and version is not None:
-            self._labels.override_labels(live.rollout.model, {label: version})
+            self._moves.append((live.rollout.model, {label: version}))
+
+    def _move_labels(self) -> None:
+        """Make the label moves decided so far, in order, outside `self._lock`."""
+        with self._moving:
+            with self._lock:
+                moves, self._moves = self._moves, []
+            for model, labels in moves:
+                self._labels.override_labels(model, labels)
 
     # -- the analysis loop -------------------------------------------------------------------
 
@@ -330,6 +344,7 @@ class Rollouts(Collector):
                 changed |= self._judge_locked(live)
             if changed:
                 self._save_locked()
+        self._move_labels()
 
     def _judge_locked(self, live: _Live) -> bool:
         rollout, state = live.rollout, live.state
@@ -341,7 +356,8 @@ class Rollouts(Collector):
         if state.state not in (PROGRESSING, PAUSED):
             return False
         now_canary = self._resolve(model, rollout.canary)
-        if now_canary is not None and now_canary != state.canary_version:  # the canary label moved: a new rollout
+        if state.state == PROGRESSING and now_canary is not None and now_canary != state.canary_version:
+            # the canary label moved: a new rollout (until then requests keep the version analysed)
             live.state = State(weight=rollout.steps[0], canary_version=now_canary).event(
                 f"the canary is now version {now_canary}: started again at {rollout.steps[0]:g}%")
             log.info("rollout of %s: the canary is now version %d; starting again", model, now_canary)
@@ -376,15 +392,19 @@ class Rollouts(Collector):
             live.state = state.event(f"passed: {rollout.steps[step]:g}%", step=step, weight=rollout.steps[step],
                                      failures=0, reason="")
         else:
-            self._promote_locked(live, state, "analysis passed at the last step")
+            try:
+                self._promote_locked(live, state, "analysis passed at the last step")
+            except ServingError as e:  # the canary went away: hold at the last step, and say why
+                live.state = dataclasses.replace(state, reason=e.message)
+                log.error("rollout of %s: %s", model, e.message)
         return True
 
     def _promote_locked(self, live: _Live, state: State, why: str) -> None:
         rollout = live.rollout
-        version = self._available(rollout.model, self._resolve(rollout.model, rollout.canary))
+        version = self._available(rollout.model, state.canary_version)
         if version is None:
             raise ServingError(Code.FAILED_PRECONDITION, f"cannot promote {rollout.model}: its canary "
-                               f"({rollout.canary}) has no AVAILABLE version")
+                               f"(version {state.canary_version}) is not AVAILABLE")
         live.state = state.event(f"promoted version {version}: {why}", state=PROMOTED, weight=0.0, failures=0,
                                  canary_version=version, reason=why)
         self._move_stable_label(live)
@@ -431,7 +451,7 @@ class Rollouts(Collector):
                     live.state = state.event(f"restarted by an admin at {steps[0]:g}%", state=PROGRESSING, step=0,
                                              weight=steps[0], failures=0, reason="")
                 else:
-                    step = next((i for i, w in enumerate(steps) if w >= state.weight), len(steps) - 1)
+                    step = _step_at(steps, state.weight)
                     live.state = state.event(f"resumed by an admin at {steps[step]:g}%", state=PROGRESSING, step=step,
                                              weight=steps[step], failures=0)
                 live.due = self._clock() + live.rollout.analysis.interval_s
@@ -446,10 +466,11 @@ class Rollouts(Collector):
                     raise ServingError(Code.INVALID_ARGUMENT, f"set_weight needs a weight in percent between 0 and "
                                        f"100, got {weight!r}")
                 live.state = state.event(f"weight set to {weight:g}% by an admin (paused)", state=PAUSED,
-                                         weight=float(weight))
+                                         weight=float(weight), step=_step_at(steps, weight))
             log.info("rollout of %s: %s%s by an admin", model, action, f" {weight:g}%" if weight is not None else "")
             self._save_locked()
-            return self._describe_locked(live)
+        self._move_labels()
+        return self.describe(model)[0]
 
     # -- the state file ----------------------------------------------------------------------
 
@@ -540,16 +561,30 @@ class Rollouts(Collector):
         drift = Metric(PREFIX + "output_psi", "The last analysis' output drift (PSI) of canary against stable.",
                        "gauge")
         for model, value in psi.items():
+            if model not in states or states[model].state not in (PROGRESSING, PAUSED):
+                continue  # a finished rollout's last drift would keep an alert firing
             drift.add_sample(PREFIX + "output_psi", {"model_name": model}, value)
         yield drift
 
 
-def _state_of(saved: Mapping[str, Any]) -> State:
-    fields = {f.name for f in dataclasses.fields(State)}
-    values = {k: v for k, v in saved.items() if k in fields}
-    values["history"] = tuple(values.get("history", ()))
-    if values.get("state") not in STATES:
-        values["state"] = PROGRESSING
+def _step_at(steps: Sequence[float], weight: float) -> int:
+    """The first step at or above `weight` (the last one above every step)."""
+    return next((i for i, w in enumerate(steps) if w >= weight), len(steps) - 1)
+
+
+_SAVED_TYPES: dict[str, type | tuple[type, ...]] = {
+    "state": str, "step": int, "weight": (int, float), "failures": int, "canary_version": (int, type(None)),
+    "reason": str, "last_analysis": (dict, type(None)), "history": list}
+
+
+def _state_of(saved: Mapping[str, Any], steps: Sequence[float]) -> State | None:
+    """A state from the state file, or None when it was edited into something else."""
+    values = {k: saved[k] for k in _SAVED_TYPES if k in saved}
+    if any(not isinstance(v, _SAVED_TYPES[k]) or isinstance(v, bool) for k, v in values.items()) \
+            or values.get("state", PROGRESSING) not in STATES or not 0 <= values.get("step", 0) < len(steps) \
+            or not 0 <= values.get("weight", 0) <= 100:
+        return None
+    values["history"] = tuple(h for h in values.get("history", ()) if isinstance(h, dict))
     return State(**values)
 
 
