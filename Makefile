@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo pipeline-demo test lint bench protos clean
+.PHONY: install demo rollout-demo pipeline-demo test lint bench protos clean
 
 install: $(VENV)/.installed
 
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/tfprod demo
+
+rollout-demo: install  # digits v2 rolled out 1% -> 100% and promoted, then a broken v3 rolled back on its own
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python examples/rollout/demo.py --workdir rollout-demo
 
 pipeline-demo: install  # the credit pipeline: push v1, stop a drifted span, bless and push v2 to a running server
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python examples/credit/demo.py --workdir credit-demo

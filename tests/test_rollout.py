@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import textwrap
 import time
 
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 import saved_models
 import tensorflow as tf
+from conftest import free_port
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfprod.config.model_config import ConfigError, ModelConfig
@@ -178,6 +182,16 @@ def test_weighted_sticky_split_explicit_versions_and_admin(start_server, two_ver
             assert response.model_spec.version.value == (2 if arms[key] == "canary" else 1)
         request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros([0], np.float32)))
         assert stub.Predict(request).outputs["y"].tensor_shape.dim[0].size == 0  # no rows: still answered
+    # KServe V2 routes the same way, and never reroutes a request naming its version
+    v2 = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [3.0]}]}
+    both = [k for k in arms if arms[k] == "canary"][:2] + [k for k in arms if arms[k] == "stable"][:2]
+    assert len(both) == 4, arms
+    for key in both:
+        r = server.client.post("/v2/models/hpt/infer", json=v2, headers={"x-user-id": key})
+        assert r.status_code == 200 and r.headers["x-tfprod-arm"] == arms[key], r.text
+        assert r.json()["outputs"][0]["data"][0] == pytest.approx(canary_y if arms[key] == "canary" else stable_y)
+        r = server.client.post("/v2/models/hpt/versions/1/infer", json=v2, headers={"x-user-id": key})
+        assert r.json()["outputs"][0]["data"][0] == pytest.approx(stable_y) and "x-tfprod-arm" not in r.headers
     # admin: raise the weight; earlier canary users stay on the canary
     r = server.client.post("/v1/rollouts/hpt:set_weight", json={"weight": 60})
     assert r.status_code == 200 and r.json()["state"] == "paused" and r.json()["weight"] == 60
@@ -395,3 +409,22 @@ def test_shadow_disagreement_rate_and_latency_bound_and_promotion_under_load(  #
         codes = [f.result() for f in before + after]
     assert codes.count(200) == len(codes)
     assert _y(server, 3.0, path="/v1/models/hpt/labels/stable:predict")[0] == pytest.approx(7.0)
+
+
+def test_the_rollout_demo_promotes_a_good_canary_and_rolls_back_a_broken_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`make rollout-demo` end to end: the walk in docs/rollout.md, with its real numbers."""
+    demo = os.path.join(os.path.dirname(__file__), "..", "examples", "rollout", "demo.py")
+    work = tmp_path / "rollout-demo"
+    done = subprocess.run([sys.executable, demo, "--workdir", str(work), "--rest_api_port", str(free_port()),
+                           "--port", str(free_port()), "--exit"], capture_output=True, text=True, timeout=420,
+                          env={**os.environ, "COLUMNS": "200"})
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-4000:] + (work / "server.log").read_text()[-4000:]
+    for step in ("passed: 10%", "passed: 50%", "passed: 100%", "promoted version 2", "labels/stable is now version 2",
+                 "the canary is now version 3: started again at 1%", "rolled back: shadow disagreement",
+                 "failed requests: 0", ':tfprod:rollout:rollback_count{model_name="digits"} 1.0'):
+        assert step in out, (step, out[-4000:])
+    passes = re.findall(r"analysis at (\d+)%: pass: .*?shadow \d+ rows, ([\d.]+)% disagree", out)
+    assert passes and all(float(d) < 10 for _, d in passes), passes  # v2 and v1 agree on most digits
+    saved = json.loads((work / "rollout.toml.state.json").read_text())["rollouts"]["digits"]
+    assert saved["state"] == "rolled_back" and saved["canary_version"] == 3 and saved["promoted"] == 2

@@ -11,8 +11,10 @@ import tempfile
 from collections.abc import Sequence
 
 
-def train_and_export(base_path: str) -> tuple[str, float]:
-    """Train a 64-32-10 MLP on scikit-learn's digits; export it atomically as `base_path/1`."""
+def train_and_export(base_path: str, version: int = 1, hidden: int = 32, seed: int = 0,
+                     shuffle_labels: bool = False) -> tuple[str, float]:
+    """Train a 64-`hidden`-10 MLP on scikit-learn's digits; export it atomically as
+    `base_path/version`. `shuffle_labels` trains on labels in random order: a broken retrain."""
     import numpy as np
     import tensorflow as tf
     from rich.progress import Progress
@@ -22,22 +24,24 @@ def train_and_export(base_path: str) -> tuple[str, float]:
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
-    tf.keras.utils.set_random_seed(0)
+    tf.keras.utils.set_random_seed(seed)
+    if shuffle_labels:
+        y_train = np.random.default_rng(seed).permutation(y_train)
     model = tf.keras.Sequential([
         tf.keras.Input((64,), name="pixels"),
-        tf.keras.layers.Dense(32, activation="relu"),
+        tf.keras.layers.Dense(hidden, activation="relu"),
         tf.keras.layers.Dense(10, activation="softmax"),
     ])
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     epochs = 30
     with Progress() as progress:
-        task = progress.add_task("training on digits", total=epochs)
+        task = progress.add_task(f"training version {version} on digits", total=epochs)
         model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0,
                   callbacks=[tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: progress.advance(task))])
     accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
 
     os.makedirs(base_path, exist_ok=True)
-    version_dir = os.path.join(base_path, "1")
+    version_dir = os.path.join(base_path, str(version))
     staging = tempfile.mkdtemp(prefix=".export-", dir=base_path)
     model.export(os.path.join(staging, "1"), verbose=False)
     if os.path.exists(version_dir):

@@ -78,6 +78,7 @@ class State:
     weight: float = 0.0
     failures: int = 0  # consecutive failed intervals
     canary_version: int | None = None  # what the canary arm named when the rollout started
+    promoted: int | None = None  # where a promotion moved the stable label (kept by the next rollout)
     reason: str = ""
     last_analysis: dict[str, Any] | None = None
     history: tuple[dict[str, Any], ...] = ()
@@ -168,7 +169,7 @@ class Rollouts(Collector):
                     log.info("rollout of %s started: %s -> %s at %g%%", name, rollout.stable, rollout.canary,
                              rollout.steps[0])
                 self._live[name] = _Live(rollout, state, now)
-                if state.state == PROMOTED:
+                if state.promoted is not None:
                     self._move_stable_label(self._live[name])
             self._save_locked()
         self._move_labels()
@@ -297,12 +298,12 @@ class Rollouts(Collector):
 
     def _stable_version(self, live: _Live) -> int | None:
         rollout, state = live.rollout, live.state
-        if state.state == PROMOTED:  # at once, before the stable label has moved (`_move_labels`)
-            return self._available(rollout.model, state.canary_version)
+        if state.promoted is not None:  # at once, before the stable label has moved (`_move_labels`)
+            return self._available(rollout.model, state.promoted)
         return self._available(rollout.model, self._resolve(rollout.model, rollout.stable))
 
     def _move_stable_label(self, live: _Live) -> None:
-        label, version = live.rollout.stable.label, live.state.canary_version
+        label, version = live.rollout.stable.label, live.state.promoted
         if label is not None and version is not None:
             self._moves.append((live.rollout.model, {label: version}))
 
@@ -353,15 +354,19 @@ class Rollouts(Collector):
         live.windows = {STABLE: ArmWindow(), CANARY: ArmWindow()}
         live.seen = {STABLE: [0, 0], CANARY: [0, 0]}
         live.shadow = ShadowWindow()
+        now_canary = self._resolve(model, rollout.canary)
+        if state.state != PAUSED and now_canary is not None and now_canary != state.canary_version and \
+                now_canary != state.promoted:
+            # the canary label moved (a new version to roll out, after a promotion or a rollback too):
+            # a new rollout; until then requests keep the version analysed
+            live.state = State(weight=rollout.steps[0], canary_version=now_canary, promoted=state.promoted,
+                               history=state.history).event(
+                f"the canary is now version {now_canary}: started again at {rollout.steps[0]:g}%")
+            log.info("rollout of %s: the canary is now version %d; starting again at %g%%", model, now_canary,
+                     rollout.steps[0])
+            return True
         if state.state not in (PROGRESSING, PAUSED):
             return False
-        now_canary = self._resolve(model, rollout.canary)
-        if state.state == PROGRESSING and now_canary is not None and now_canary != state.canary_version:
-            # the canary label moved: a new rollout (until then requests keep the version analysed)
-            live.state = State(weight=rollout.steps[0], canary_version=now_canary).event(
-                f"the canary is now version {now_canary}: started again at {rollout.steps[0]:g}%")
-            log.info("rollout of %s: the canary is now version %d; starting again", model, now_canary)
-            return True
         verdict = analysis.judge(rollout.analysis, state.weight, stable, canary, shadow)
         numbers = {**verdict.numbers, "result": verdict.result, "reasons": list(verdict.reasons),
                    "weight": state.weight, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -406,7 +411,7 @@ class Rollouts(Collector):
             raise ServingError(Code.FAILED_PRECONDITION, f"cannot promote {rollout.model}: its canary "
                                f"(version {state.canary_version}) is not AVAILABLE")
         live.state = state.event(f"promoted version {version}: {why}", state=PROMOTED, weight=0.0, failures=0,
-                                 canary_version=version, reason=why)
+                                 canary_version=version, promoted=version, reason=why)
         self._move_stable_label(live)
         log.info("rollout of %s: promoted version %d (%s)", rollout.model, version, why)
 
@@ -442,8 +447,8 @@ class Rollouts(Collector):
             live = self._live[model]
             state, steps = live.state, live.rollout.steps
             if state.state == PROMOTED and action != "promote":
-                raise ServingError(Code.FAILED_PRECONDITION, f"the rollout of {model} is promoted already: start "
-                                   "another with a new canary in the rollout config")
+                raise ServingError(Code.FAILED_PRECONDITION, f"the rollout of {model} is promoted already: point "
+                                   "its canary label at a new version (models.config) to start the next one")
             if action == "pause":
                 live.state = state.event("paused by an admin", state=PAUSED)
             elif action == "resume":
@@ -574,6 +579,7 @@ def _step_at(steps: Sequence[float], weight: float) -> int:
 
 _SAVED_TYPES: dict[str, type | tuple[type, ...]] = {
     "state": str, "step": int, "weight": (int, float), "failures": int, "canary_version": (int, type(None)),
+    "promoted": (int, type(None)),
     "reason": str, "last_analysis": (dict, type(None)), "history": list}
 
 
