@@ -233,6 +233,8 @@ def test_an_erroring_canary_is_rolled_back_while_stable_serves(start_server, two
     while time.monotonic() < deadline:
         r = server.client.post("/v1/models/hpt:predict", json={"inputs": {"x": [3.0]}})
         assert r.status_code == 200 or "z" in r.text  # only the canary (input renamed to z) fails
+        if r.status_code != 200:  # and its errors say so
+            assert (r.headers["x-tfprod-arm"], r.headers["x-tfprod-version"]) == ("canary", "3"), r.headers
         state = server.client.get("/v1/rollouts/hpt").json()
         if state["state"] == "rolled_back":
             rolled_back = True

@@ -34,6 +34,7 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.headers: dict[str, str] = {}  # sent with the error: REST response headers, gRPC trailing metadata
 
     def __repr__(self) -> str:
         return f"ServingError({self.code.name}, {self.message!r})"

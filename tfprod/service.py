@@ -210,6 +210,7 @@ class Service:
             outputs, status = outputs_of(result), Code.OK.name
         except ServingError as e:
             status = e.code.name
+            e.headers.update(Routed(arm=choice.arm, version=choice.version).headers())  # which arm failed
             raise
         except asyncio.CancelledError:
             status = Code.CANCELLED.name

@@ -33,7 +33,7 @@ from tfprod.codec import example, messages, tensor_proto
 from tfprod.config.model_config import ConfigError, models_of
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
-from tfprod.security.guard import Guard, RateLimited, client_address
+from tfprod.security.guard import Guard, client_address
 from tfprod.server_core import ServerCore
 from tfprod.service import ModelSpec, Routed, Service
 from tfprod.signature import DEFAULT_SIGNATURE
@@ -99,8 +99,8 @@ class Runner:
             status = e.code
             if e.code == Code.UNAUTHENTICATED:
                 model = ""  # a stranger's model names must not become metric series
-            trailers = (("retry-after", str(e.retry_after_s)),) if isinstance(e, RateLimited) else ()
-            await context.abort(grpc.StatusCode[e.code.name], cut(e.message), trailing_metadata=trailers)
+            await context.abort(grpc.StatusCode[e.code.name], cut(e.message),
+                                trailing_metadata=tuple(e.headers.items()))
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client leaves
             remaining = context.time_remaining()  # the client's cancel can arrive just before our clock runs out
             status = Code.DEADLINE_EXCEEDED if remaining is not None and remaining < 0.1 else Code.CANCELLED

@@ -35,7 +35,7 @@ from tfprod.core.manager import VersionStatus
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
 from tfprod.rollout.controller import Rollouts
-from tfprod.security.guard import Guard, RateLimited
+from tfprod.security.guard import Guard
 from tfprod.server_core import ServerCore
 from tfprod.service import ModelSpec, Routed, Service
 from tfprod.signature import DEFAULT_SIGNATURE
@@ -241,11 +241,6 @@ class RestApi:
                     body = self._shallow(body, api, request) if len(body) < _OFFLOAD_BYTES else \
                         await self._parsed(functools.partial(self._shallow, api=api, request=request), body)
                 return await self._run(work, body, request.receive)
-        except RateLimited as e:
-            status = e.code.name
-            response = _error_response(e)
-            response.headers["Retry-After"] = str(e.retry_after_s)
-            return response
         except ServingError as e:
             status = e.code.name
             if e.code == Code.UNAUTHENTICATED:
@@ -521,7 +516,7 @@ def _json_response(status: int, doc: Any) -> Response:
 
 def _error_response(error: ServingError) -> Response:
     return Response(json_tensor.format_error(error.message), status_code=HTTP_STATUS.get(error.code, 500),
-                    media_type=_JSON)
+                    media_type=_JSON, headers=error.headers)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -55,6 +55,7 @@ class RateLimited(ServingError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(Code.RESOURCE_EXHAUSTED, message)
         self.retry_after_s = retry_after_s
+        self.headers["retry-after"] = str(retry_after_s)  # REST's Retry-After, gRPC's trailing metadata
 
 
 @dataclasses.dataclass(frozen=True)
