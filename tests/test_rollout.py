@@ -274,6 +274,8 @@ def test_an_erroring_canary_is_rolled_back_while_stable_serves(start_server, two
     refused = start_server(bad, wait=False)
     assert refused.proc.wait(timeout=120) != 0
     assert "has no version 9" in refused.log()
+    workers = start_server([*flags, "--num_workers=2"], wait=False)  # each worker would judge its own share
+    assert workers.proc.wait(timeout=60) != 0 and "needs --num_workers=1" in workers.log()
 
 
 def test_admin_scope_and_a_bad_config_on_poll_keeps_the_rollout(start_server, two_versions: str) -> None:  # type: ignore[no-untyped-def]
@@ -300,6 +302,28 @@ def test_admin_scope_and_a_bad_config_on_poll_keeps_the_rollout(start_server, tw
     assert "500 is not a weight in percent" in server.log()
     state = server.client.get("/v1/rollouts/hpt", headers=reader).json()
     assert state["state"] == "paused" and state["steps"] == [10, 100]
+    # abort sends every request to stable; resume starts again at the first step
+    aborted = server.client.post("/v1/rollouts/hpt:abort", headers=operator).json()
+    assert (aborted["state"], aborted["weight"]) == ("aborted", 0)
+    for _ in range(20):
+        r = server.client.post("/v1/models/hpt:predict", json={"instances": [3.0]}, headers=reader)
+        assert r.json()["predictions"] == [pytest.approx(3.5)] and r.headers["x-tfprod-arm"] == "stable"
+    resumed = server.client.post("/v1/rollouts/hpt:resume", headers=operator).json()
+    assert (resumed["state"], resumed["step"], resumed["weight"]) == ("progressing", 0, 10)
+    # unversioned metadata reads the stable arm
+    metadata = server.client.get("/v1/models/hpt/metadata", headers=reader).json()
+    assert metadata["model_spec"]["version"] == "1"
+    # a good change of thresholds keeps the state; removing the rollout gives the model config's rules back
+    with open(os.path.join(root, "rollout.toml"), "w") as f:
+        f.write(rollout + "[models.hpt.analysis]\nmin_requests = 7\n")
+    server.wait_until(lambda: "rollout config applied: hpt" in server.log(), 15, "the new thresholds")
+    assert server.client.get("/v1/rollouts/hpt", headers=reader).json()["history"] == resumed["history"]
+    with open(os.path.join(root, "rollout.toml"), "w") as f:
+        f.write("")
+    server.wait_until(lambda: "(no rollouts)" in server.log(), 15, "the rollout removed")
+    assert server.client.get("/v1/rollouts/hpt", headers=reader).status_code == 404
+    r = server.client.post("/v1/models/hpt:predict", json={"instances": [3.0]}, headers=reader)
+    assert r.status_code == 200 and "x-tfprod-arm" not in r.headers  # TF Serving's rule again: the latest version
 
 
 def test_a_slow_canary_is_rolled_back(start_server, two_versions: str) -> None:  # type: ignore[no-untyped-def]
