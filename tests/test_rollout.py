@@ -3,9 +3,11 @@ y = 2x + 1), routed by a rollout config; answers checked against TensorFlow's ow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -104,12 +106,18 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(root)
 
 
-def _configs(root: str, rollout: str) -> list[str]:
+def _models_config(root: str, canary: int = 2) -> str:
     models = os.path.join(root, "models.config")
-    with open(models, "w") as f:
+    with open(models + ".tmp", "w") as f:
         f.write(f"""model_config_list {{ config {{ name: "hpt" base_path: "{root}/hpt" model_platform: "tensorflow"
   model_version_policy {{ specific {{ versions: 1 versions: 2 versions: 3 versions: 4 }} }}
-  version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: 2 }} }} }}""")
+  version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: {canary} }} }} }}""")
+    os.replace(models + ".tmp", models)  # a polling server never reads half a file
+    return models
+
+
+def _configs(root: str, rollout: str) -> list[str]:
+    models = _models_config(root)
     path = os.path.join(root, "rollout.toml")
     with open(path, "w") as f:
         f.write(textwrap.dedent(rollout))
@@ -315,9 +323,20 @@ def test_admin_scope_and_a_bad_config_on_poll_keeps_the_rollout(start_server, tw
     assert metadata["model_spec"]["version"] == "1"
     # a good change of thresholds keeps the state; removing the rollout gives the model config's rules back
     with open(os.path.join(root, "rollout.toml"), "w") as f:
-        f.write(rollout + "[models.hpt.analysis]\nmin_requests = 7\n")
+        f.write(rollout + "[models.hpt.analysis]\nmin_requests = 7\ninterval_s = 1\n")
     server.wait_until(lambda: "rollout config applied: hpt" in server.log(), 15, "the new thresholds")
     assert server.client.get("/v1/rollouts/hpt", headers=reader).json()["history"] == resumed["history"]
+    # the canary label moved back onto the stable version: nothing to roll out, the rollout stops ...
+    _models_config(root, canary=1)
+    server.wait_until(lambda: server.client.get("/v1/rollouts/hpt", headers=reader).json()["state"] == "aborted",
+                      20, "the rollout stopped")
+    assert "nothing to roll out" in server.client.get("/v1/rollouts/hpt", headers=reader).json()["reason"]
+    # ... and moved on to a new version, it starts again at the first step
+    _models_config(root, canary=4)
+    server.wait_until(lambda: server.client.get("/v1/rollouts/hpt", headers=reader).json()["state"] == "progressing",
+                      20, "the rollout started again")
+    again = server.client.get("/v1/rollouts/hpt", headers=reader).json()
+    assert (again["canary"]["version"], again["weight"]) == (4, 10)
     with open(os.path.join(root, "rollout.toml"), "w") as f:
         f.write("")
     server.wait_until(lambda: "(no rollouts)" in server.log(), 15, "the rollout removed")
@@ -441,11 +460,16 @@ def test_the_rollout_demo_promotes_a_good_canary_and_rolls_back_a_broken_one(tmp
     """`make rollout-demo` end to end: the walk in docs/rollout.md, with its real numbers."""
     demo = os.path.join(os.path.dirname(__file__), "..", "examples", "rollout", "demo.py")
     work = tmp_path / "rollout-demo"
-    done = subprocess.run([sys.executable, demo, "--workdir", str(work), "--rest_api_port", str(free_port()),
-                           "--port", str(free_port()), "--exit"], capture_output=True, text=True, timeout=420,
-                          env={**os.environ, "COLUMNS": "200"})
-    out = done.stdout
-    assert done.returncode == 0, out[-4000:] + done.stderr[-4000:] + (work / "server.log").read_text()[-4000:]
+    # its own session: a demo stuck past the timeout goes down with its server
+    proc = subprocess.Popen([sys.executable, demo, "--workdir", str(work), "--rest_api_port", str(free_port()),
+                             "--port", str(free_port()), "--exit"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=420)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-4000:] + err[-4000:] + (work / "server.log").read_text()[-4000:]
     for step in ("passed: 10%", "passed: 50%", "passed: 100%", "promoted version 2", "labels/stable is now version 2",
                  "the canary is now version 3: started again at 1%", "rolled back: shadow disagreement",
                  "failed requests: 0", ':tfprod:rollout:rollback_count{model_name="digits"} 1.0'):

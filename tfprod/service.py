@@ -210,8 +210,10 @@ class Service:
             outputs, status = outputs_of(result), Code.OK.name
         except ServingError as e:
             status = e.code.name
-            e.headers.update(Routed(arm=choice.arm, version=choice.version).headers())  # which arm failed
-            raise
+            # which arm failed, on an error of its own: a batch hands one error to all its requests
+            answered = ServingError(e.code, e.message)
+            answered.headers = {**e.headers, **Routed(arm=choice.arm, version=choice.version).headers()}
+            raise answered from e
         except asyncio.CancelledError:
             status = Code.CANCELLED.name
             raise
@@ -232,7 +234,7 @@ class Service:
         shadow: Mapping[str, np.ndarray] | None = None
         try:
             with self._manager.handle(choice.model, choice.shadow_version) as (_, servable):
-                shadow = outputs_of(await asyncio.wait_for(run(servable), choice.shadow_timeout_s))
+                shadow = outputs_of(await run(servable))  # no timeout: its slot is free when the call is done
         except Exception as e:  # the shadow's failure is counted, never answered
             log.debug("shadow run of %s version %d failed: %s", choice.model, choice.shadow_version, e)
         finally:

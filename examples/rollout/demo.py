@@ -1,6 +1,6 @@
 """`make rollout-demo`: a canary of the digits model from 1% to 100%, then a broken one rolled back.
 
-Version 1 is `stable`, version 2 (a wider retrain) is `canary`. Traffic from 1,000 users (sticky by
+Version 1 is `stable`, version 2 (a wider retrain) is `canary`. Traffic from 10,000 users (sticky by
 `x-user-id`) goes to the server while its rollout advances 1% -> 10% -> 50% -> 100% one passing
 interval at a time, with a shadow of the canary compared against every fifth stable answer, and
 is promoted: the `stable` label moves to version 2. Then version 3 (trained on shuffled labels)
@@ -44,11 +44,11 @@ sample_percent = 20
 compare = "top1"
 
 [models.digits.analysis]
-interval_s = 4
+interval_s = 5
 min_requests = 10             # canary answers per interval, else hold
 failure_limit = 2
 max_error_rate = 0.01
-max_p99_ms = 100
+max_p99_ms = 250
 max_disagreement = 0.1        # shadow rows whose digit differs from the stable answer's
 """
 
@@ -88,7 +88,7 @@ class Traffic:
         rng = np.random.default_rng(seed)
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set():
-                user, row = int(rng.integers(1000)), self.rows[int(rng.integers(len(self.rows)))]
+                user, row = int(rng.integers(10_000)), self.rows[int(rng.integers(len(self.rows)))]
                 r = client.post(self.url, json={"instances": [row.tolist()]}, headers={"x-user-id": f"user-{user}"})
                 with self._lock:
                     if r.status_code == 200:
@@ -201,8 +201,11 @@ def main() -> int:
             console.print(f"labels/stable is now version {stable}", highlight=False)
             console.rule("version 3 (shuffled labels) pushed and labelled canary")
             os.rename(os.path.join(staging, "3"), os.path.join(base, "3"))
+            deadline = time.monotonic() + 60
             while not any(s["version"] == "3" and s["state"] == "AVAILABLE"
                           for s in client.get("/v1/models/digits").json()["model_version_status"]):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"version 3 did not load within 60 s; the server's log: {log.name}")
                 time.sleep(0.25)
             _write(models, MODELS_CONFIG.format(base=base, stable=2, canary=3))
             state = _watch(client, traffic, "rolled_back", 120, len(state["history"]), console)

@@ -57,7 +57,6 @@ class Shadow:
     atol: float = 1e-6
     rtol: float = 1e-5
     output: str | None = None  # compare this output only (default: every output both answers have)
-    timeout_s: float = 10.0  # a shadow still running then is given up (and counted as an error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,13 +162,10 @@ def _shadow(doc: Any, where: str, model: ModelConfig) -> Shadow:
     arm = _arm(version if version is not None else label, where, model)
     shadow = Shadow(arm, float(t.get("sample_percent", (int, float), 100.0)), t.get("max_in_flight", int, 4),
                     t.get("compare", str, "close"), float(t.get("atol", (int, float), 1e-6)),
-                    float(t.get("rtol", (int, float), 1e-5)), t.get("output", str),
-                    float(t.get("timeout_s", (int, float), 10.0)))
+                    float(t.get("rtol", (int, float), 1e-5)), t.get("output", str))
     t.done()
     if not 0 < shadow.sample_percent <= 100:
         raise ConfigError(f"{where}.sample_percent: {shadow.sample_percent:g} is not a percentage in (0, 100]")
-    if not shadow.timeout_s > 0:
-        raise ConfigError(f"{where}.timeout_s must be above 0")
     if shadow.max_in_flight < 1:
         raise ConfigError(f"{where}.max_in_flight must be at least 1")
     if shadow.compare not in COMPARE:

@@ -66,7 +66,6 @@ class Choice:
     arm: str  # STABLE or CANARY
     version: int
     shadow_version: int | None = None  # run this version too, after the answer, and compare
-    shadow_timeout_s: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +115,7 @@ class Rollouts(Collector):
         # be held for a whole reload, and requests take this lock on the event loop.
         self._moves: list[tuple[str, dict[str, int]]] = []
         self._moving = threading.Lock()
+        self._writing = threading.Lock()  # the state file's one writer
         self._saved = self._read_state()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,6 +157,7 @@ class Rollouts(Collector):
                 live = self._live.get(name)
                 if live is not None and live.rollout.identity() == rollout.identity():
                     live.rollout = rollout  # thresholds may change; the state stays
+                    live.due = min(live.due, now + rollout.analysis.interval_s)  # a shorter interval counts now
                     continue
                 saved = self._saved.get(name)
                 state = _state_of(saved, rollout.steps) if saved is not None and \
@@ -164,15 +165,29 @@ class Rollouts(Collector):
                 if state is not None:
                     log.info("rollout of %s resumed from the state file: %s at %g%%", name, state.state, state.weight)
                 else:
-                    state = State(weight=rollout.steps[0], canary_version=self._resolve(name, rollout.canary)) \
+                    state = State(weight=rollout.steps[0], canary_version=self._resolve(name, rollout.canary),
+                                  promoted=self._promoted_before(rollout, live, saved)) \
                         .event(f"started at {rollout.steps[0]:g}%")
                     log.info("rollout of %s started: %s -> %s at %g%%", name, rollout.stable, rollout.canary,
                              rollout.steps[0])
                 self._live[name] = _Live(rollout, state, now)
                 if state.promoted is not None:
                     self._move_stable_label(self._live[name])
-            self._save_locked()
+                else:
+                    self._moves.append((name, {}))  # an earlier rollout's move (of another stable arm) ends
+        self._save()
         self._move_labels()
+
+    @staticmethod
+    def _promoted_before(rollout: Rollout, live: _Live | None, saved: Mapping[str, Any] | None) -> int | None:
+        """The version an earlier rollout of the same stable arm promoted: a changed rollout keeps it."""
+        if live is not None:
+            return live.state.promoted if live.rollout.stable == rollout.stable else None
+        identity = saved.get("identity") if saved is not None else None
+        if saved is not None and isinstance(identity, dict) and identity.get("stable") == str(rollout.stable):
+            promoted = saved.get("promoted")
+            return promoted if isinstance(promoted, int) and not isinstance(promoted, bool) else None
+        return None
 
     def poll_file(self, path: str, every_s: float, models: Callable[[], Sequence[ModelConfig]],
                   read_at_start: Sequence[Rollout]) -> None:
@@ -202,9 +217,13 @@ class Rollouts(Collector):
             return None
         rollout, state = live.rollout, live.state
         stable = self._stable_version(live)
-        if stable is None:  # its version is not AVAILABLE: TF Serving's rule (latest), but never the canary
-            others = [v for v in self._manager.available_versions(model) if v != state.canary_version]
-            return Choice(model, STABLE, max(others)) if others else None
+        if stable is None:  # its version is not AVAILABLE: TF Serving's rule (latest), a canary only as the canary
+            available = self._manager.available_versions(model)
+            canaries = {state.canary_version, self._resolve(model, rollout.canary)}
+            others = [v for v in available if v not in canaries]
+            if others:
+                return Choice(model, STABLE, max(others))
+            return Choice(model, CANARY, max(available)) if available else None
         if state.state not in (PROGRESSING, PAUSED):
             return Choice(model, STABLE, stable)
         if state.weight > 0:
@@ -216,9 +235,9 @@ class Rollouts(Collector):
                     return Choice(model, CANARY, canary)
         shadow = rollout.shadow
         if shadow is not None and random.random() * 100 < shadow.sample_percent:
-            version = self._available(model, self._resolve(model, shadow.arm))
+            version = self._available(model, self._shadow_version(live))
             if version is not None and version != stable:
-                return Choice(model, STABLE, stable, version, shadow.timeout_s)
+                return Choice(model, STABLE, stable, version)
         return Choice(model, STABLE, stable)
 
     def stable_version(self, model: str) -> int | None:
@@ -242,7 +261,8 @@ class Rollouts(Collector):
                 return
             seen[0] += 1
             _sample(window.latencies_s, seen[0], seconds)
-            drift = _drift_output(outputs, live.rollout.analysis.drift_output)
+            rules = live.rollout.analysis  # drift values are read by max_psi only
+            drift = _drift_output(outputs, rules.drift_output) if rules.max_psi is not None else None
             if drift is not None:
                 values, categorical = drift
                 window.categorical |= categorical
@@ -296,6 +316,14 @@ class Rollouts(Collector):
     def _available(self, model: str, version: int | None) -> int | None:
         return version if version is not None and version in self._manager.available_versions(model) else None
 
+    def _shadow_version(self, live: _Live) -> int | None:
+        """The shadow's version; a shadow of the canary arm shadows the version analysed."""
+        rollout = live.rollout
+        assert rollout.shadow is not None
+        if rollout.shadow.arm == rollout.canary:
+            return live.state.canary_version
+        return self._resolve(rollout.model, rollout.shadow.arm)
+
     def _stable_version(self, live: _Live) -> int | None:
         rollout, state = live.rollout, live.state
         if state.promoted is not None:  # at once, before the stable label has moved (`_move_labels`)
@@ -309,6 +337,8 @@ class Rollouts(Collector):
 
     def _move_labels(self) -> None:
         """Make the label moves decided so far, in order, outside `self._lock`."""
+        if not self._moves:  # nothing to wait for (a move in progress may hold `_moving` through a reload)
+            return
         with self._moving:
             with self._lock:
                 moves, self._moves = self._moves, []
@@ -343,8 +373,8 @@ class Rollouts(Collector):
                     continue
                 live.due = now + live.rollout.analysis.interval_s
                 changed |= self._judge_locked(live)
-            if changed:
-                self._save_locked()
+        if changed:
+            self._save()
         self._move_labels()
 
     def _judge_locked(self, live: _Live) -> bool:
@@ -355,10 +385,18 @@ class Rollouts(Collector):
         live.seen = {STABLE: [0, 0], CANARY: [0, 0]}
         live.shadow = ShadowWindow()
         now_canary = self._resolve(model, rollout.canary)
-        if state.state != PAUSED and now_canary is not None and now_canary != state.canary_version and \
-                now_canary != state.promoted:
-            # the canary label moved (a new version to roll out, after a promotion or a rollback too):
-            # a new rollout; until then requests keep the version analysed
+        if state.state != PAUSED and now_canary is not None and now_canary != state.canary_version:
+            # the canary label moved; until now requests kept the version analysed
+            if now_canary == self._stable_version(live):  # moved back onto the stable version
+                if state.state != PROGRESSING:
+                    return False
+                self._psi.pop(model, None)
+                why = f"the canary label now names the stable version {now_canary}: nothing to roll out"
+                live.state = state.event(f"stopped: {why}", state=ABORTED, weight=0.0, reason=why)
+                log.warning("rollout of %s stopped: %s", model, why)
+                return True
+            # a new version to roll out (after a promotion, a rollback or an abort too): a new rollout
+            self._psi.pop(model, None)
             live.state = State(weight=rollout.steps[0], canary_version=now_canary, promoted=state.promoted,
                                history=state.history).event(
                 f"the canary is now version {now_canary}: started again at {rollout.steps[0]:g}%")
@@ -373,6 +411,8 @@ class Rollouts(Collector):
         self._analyses[(model, verdict.result)] += 1
         if verdict.numbers.get("psi") is not None:
             self._psi[model] = verdict.numbers["psi"]
+        else:  # no drift measured this interval: an old value must not keep an alert firing
+            self._psi.pop(model, None)
         state = dataclasses.replace(state, last_analysis=numbers)
         if state.state == PAUSED or verdict.result == "inconclusive":
             live.state = state
@@ -432,7 +472,7 @@ class Rollouts(Collector):
             "weight": state.weight, "stable": {"arm": str(rollout.stable), "version": self._stable_version(live)},
             "canary": {"arm": str(rollout.canary), "version": state.canary_version},
             "shadow": None if rollout.shadow is None else {
-                "arm": str(rollout.shadow.arm), "version": self._resolve(rollout.model, rollout.shadow.arm),
+                "arm": str(rollout.shadow.arm), "version": self._shadow_version(live),
                 "sample_percent": rollout.shadow.sample_percent},
             "sticky_key": rollout.sticky_key, "failures": state.failures, "reason": state.reason,
             "interval_s": rollout.analysis.interval_s, "last_analysis": copy.deepcopy(state.last_analysis),
@@ -473,7 +513,7 @@ class Rollouts(Collector):
                 live.state = state.event(f"weight set to {weight:g}% by an admin (paused)", state=PAUSED,
                                          weight=float(weight), step=_step_at(steps, weight))
             log.info("rollout of %s: %s%s by an admin", model, action, f" {weight:g}%" if weight is not None else "")
-            self._save_locked()
+        self._save()
         self._move_labels()
         return self.describe(model)[0]
 
@@ -491,12 +531,19 @@ class Rollouts(Collector):
                       self._state_path, e)
             return {}
 
-    def _save_locked(self) -> None:
-        doc = {"rollouts": {name: {"identity": _identity(live.rollout), **dataclasses.asdict(live.state)}
-                            for name, live in self._live.items()}}
-        self._saved = doc["rollouts"]
-        if not self._state_path:
-            return
+    def _save(self) -> None:
+        """Write the state file from the state now: outside `self._lock` (a slow volume must not
+        stall the requests that take it), one writer at a time, each writing the latest state."""
+        with self._writing:
+            with self._lock:
+                doc = {"rollouts": {name: {"identity": _identity(live.rollout), **dataclasses.asdict(live.state)}
+                                    for name, live in self._live.items()}}
+                self._saved = doc["rollouts"]
+            if self._state_path:
+                self._write_state(doc)
+
+    def _write_state(self, doc: Mapping[str, Any]) -> None:
+        assert self._state_path is not None
         try:
             directory = os.path.dirname(os.path.abspath(self._state_path))
             fd, tmp = tempfile.mkstemp(prefix=".rollout-state-", dir=directory)
@@ -591,6 +638,8 @@ def _state_of(saved: Mapping[str, Any], steps: Sequence[float]) -> State | None:
             or not 0 <= values.get("weight", 0) <= 100:
         return None
     values["history"] = tuple(h for h in values.get("history", ()) if isinstance(h, dict))
+    if values.get("state") == PROMOTED and "promoted" not in values:  # written before `promoted` was kept
+        values["promoted"] = values.get("canary_version")
     return State(**values)
 
 
