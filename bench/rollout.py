@@ -10,9 +10,10 @@ One `tfprod serve` with two models, each with versions 1 and 2 (the same digits 
 - `routed 50%, sticky` — unversioned with an `x-user-id` header (one hash per request);
 - `shadow 100%` — unversioned, every answer followed by a shadow run and a comparison (twice the
   model work; shadows beyond `max_in_flight` are dropped and counted).
-The paths take turns, `--rounds` times (this machine is shared and noisy: one long run per path
-would compare different minutes); each row is the median of its rounds: requests/s, P50/P99 and
-the ratio to the baseline. Then how many shadows ran and how many were dropped.
+The paths take turns, `--rounds` times, each turn starting at the next path (this machine is
+shared and noisy: one long run per path would compare different minutes); each row is the
+median of its rounds: requests/s, P50/P99 and the ratio to the baseline. Then how many shadows
+ran and how many were dropped.
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def main(argv: Sequence[str]) -> int:
         try:
             with Progress(console=console) as progress:
                 task = progress.add_task("measuring", total=args.rounds * len(rows))
-                for _ in range(args.rounds):
-                    for name, path, headers in rows:
+                for turn in range(args.rounds):
+                    for name, path, headers in rows[turn % len(rows):] + rows[:turn % len(rows)]:  # each first in turn
                         progress.update(task, description=f"{name} @ {args.connections} connections")
                         runs[name].append(wrk(f"http://127.0.0.1:{port}{path}", body, args.connections, args.duration,
                                               headers))
