@@ -35,7 +35,8 @@ def test_defaults_are_tf_servings() -> None:
     args = serve_parser().parse_args([])
     assert (args.port, args.rest_api_port, args.model_name, args.rest_api_timeout_in_ms) == (8500, 0, "default", 30000)
     assert (args.max_num_load_retries, args.load_retry_interval_micros) == (5, 60_000_000)
-    assert (args.file_system_poll_wait_seconds, args.model_config_file_poll_wait_seconds) == (1, 0)
+    # not given: TF Serving's 1 s for local base paths, 30 s for object storage (docs/kubernetes.md)
+    assert (args.file_system_poll_wait_seconds, args.model_config_file_poll_wait_seconds) == (None, 0)
     assert args.saved_model_tags == "serve"
     assert args.rest_api_enable_cors_support is False
 

@@ -78,8 +78,13 @@ def serve_parser() -> argparse.ArgumentParser:
                         help="ModelServerConfig text proto; when set, --model_name/--model_base_path are ignored")
     models.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0,
                         help="re-read --model_config_file every N seconds; 0 reads it once (default: 0)")
-    models.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
-                        help="look for new model versions every N seconds; 0 looks once (default: 1)")
+    models.add_argument("--file_system_poll_wait_seconds", type=int, default=None,
+                        help="look for new model versions every N seconds; 0 looks once (default: 1; 30 for "
+                             "s3:// and gs:// base paths, where each look is a paid listing)")
+    models.add_argument("--model_cache_dir", default=os.environ.get("TFPROD_MODEL_CACHE") or os.path.join(
+                            os.path.expanduser("~"), ".cache", "tfprod", "models"),
+                        help="where versions from s3:// and gs:// base paths are downloaded to (tfprod; default: "
+                             "$TFPROD_MODEL_CACHE or ~/.cache/tfprod/models)")
     models.add_argument("--max_num_load_retries", type=int, default=5,
                         help="retries of a failed version load before it is given up (default: 5)")
     models.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
@@ -171,6 +176,7 @@ def _serve(argv: Sequence[str]) -> int:
         read_monitoring_config,
         read_ssl_config,
     )
+    from tfprod.core.remote import is_remote
     from tfprod.rollout.config import read_rollout_config
     from tfprod.security.config import SecurityConfig, read_security_config
 
@@ -178,7 +184,8 @@ def _serve(argv: Sequence[str]) -> int:
         if args.model_config_file:
             models = read_model_config_file(args.model_config_file)
         else:
-            models = [ModelConfig(args.model_name, os.path.abspath(args.model_base_path))]
+            base = args.model_base_path
+            models = [ModelConfig(args.model_name, base if is_remote(base) else os.path.abspath(base))]
         metrics_path = read_monitoring_config(args.monitoring_config_file) if args.monitoring_config_file else None
         ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
         security = read_security_config(args.security_config_file) if args.security_config_file else None
@@ -226,7 +233,11 @@ def _serve(argv: Sequence[str]) -> int:
             host=args.host,
             model_config_file=args.model_config_file,
             model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+            file_system_poll_wait_seconds=1 if args.file_system_poll_wait_seconds is None
+            else args.file_system_poll_wait_seconds,
+            remote_poll_wait_seconds=30 if args.file_system_poll_wait_seconds is None
+            else args.file_system_poll_wait_seconds,
+            model_cache_dir=args.model_cache_dir,
             max_num_load_retries=args.max_num_load_retries,
             load_retry_interval_micros=args.load_retry_interval_micros,
             saved_model_tags=tags,

@@ -60,6 +60,8 @@ class ServerOptions:
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: int = 0
     file_system_poll_wait_seconds: int = 1
+    remote_poll_wait_seconds: int = 30  # object storage base paths
+    model_cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "tfprod", "models")
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60_000_000
     saved_model_tags: frozenset[str] = frozenset({"serve"})
@@ -266,7 +268,9 @@ def run(options: ServerOptions) -> None:
     )
     source = FileSystemSource(manager.set_aspired_versions,
                               lambda path: is_complete(path) or tflite.has_tflite(path),
-                              SourceOptions(poll_wait_s=options.file_system_poll_wait_seconds))
+                              SourceOptions(poll_wait_s=options.file_system_poll_wait_seconds,
+                                            remote_poll_wait_s=options.remote_poll_wait_seconds,
+                                            cache_dir=options.model_cache_dir))
     core = ServerCore(manager, source, options.allow_version_labels_for_unavailable_models)
     limits = options.security.limits
     # Unbatched model calls hold one of these threads while TensorFlow runs; batched ones hold none

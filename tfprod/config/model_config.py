@@ -16,6 +16,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tfprod.batching import BatchingOptions
 from tfprod.config.protos import BatchingParameters, MonitoringConfig, SSLConfig
+from tfprod.core.remote import is_remote
 from tfprod.core.version_policy import All, Latest, Specific, VersionPolicy
 
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -72,7 +73,8 @@ def models_of(config: model_server_config_pb2.ModelServerConfig) -> list[ModelCo
                               f"(supported: {', '.join(repr(p) for p in PLATFORMS if p)})")
         if any(x.name == m.name for x in models):
             raise ConfigError(f"model name {m.name!r} appears twice in model_config_list")
-        models.append(ModelConfig(m.name, os.path.abspath(m.base_path), _policy(m), dict(m.version_labels)))
+        base_path = m.base_path if is_remote(m.base_path) else os.path.abspath(m.base_path)
+        models.append(ModelConfig(m.name, base_path, _policy(m), dict(m.version_labels)))
     return models
 
 

@@ -6,6 +6,10 @@ never offers a version that is still being written: a version directory is offer
 it holds a model file (`is_complete`) and its files (names, sizes, mtimes) did not change for
 `settle_s`, seen by two scans at least that far apart. While a wanted version settles, scans run
 every `settle_s`, so a finished version is picked up quickly while a half-copied one is not.
+
+A base path in object storage (`tfprod.core.remote`) is scanned every `remote_poll_wait_s` with
+one listing; its settled versions are downloaded to `cache_dir` and offered from there. A store
+that does not answer keeps the versions serving and is asked again at the next poll.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from tfprod.core import remote
 from tfprod.core.manager import AspiredVersion
 from tfprod.core.version_policy import VersionPolicy, select
 
 log = logging.getLogger("tfprod.source")
 
-Fingerprint = tuple[tuple[str, int, int], ...]
+Fingerprint = remote.Fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +41,8 @@ class Watch:
 class SourceOptions:
     poll_wait_s: float = 1.0  # 0: scan until every version settled, then stop
     settle_s: float = 0.5
+    remote_poll_wait_s: float = 30.0  # object storage: a listing costs money (docs/kubernetes.md)
+    cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "tfprod", "models")
 
 
 AspiredCallback = Callable[[str, Sequence[AspiredVersion]], None]
@@ -85,6 +92,8 @@ class FileSystemSource:
         self._sent: dict[str, list[AspiredVersion]] = {}  # model -> the last aspired list sent
         self._missing_logged: set[str] = set()
         self._scanned: set[str] = set()  # models scanned at least once since they were watched
+        self._due: dict[str, float] = {}  # remote base path -> when to list it next
+        self._unreachable: dict[str, str] = {}  # remote base path -> why its last listing failed
         self._settling: set[str] = set()  # models whose chosen versions are still being written
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -96,6 +105,7 @@ class FileSystemSource:
             dropped = [name for name in self._watches if name not in {w.name for w in watches}]
             self._watches = {w.name: w for w in watches}
             self._scanned &= set(self._watches)
+            self._due = {}  # a new config is listed at once
             for name in dropped:
                 self._sent.pop(name, None)
                 self._callback(name, [])
@@ -120,13 +130,12 @@ class FileSystemSource:
     def _run(self) -> None:
         while not self._stop.is_set():
             unsettled = self.poll()
-            if unsettled:
-                wait: float | None = self._options.settle_s
-            elif self._options.poll_wait_s > 0:
-                wait = self._options.poll_wait_s
-            else:
-                wait = None  # poll once: wait only for a config change
-            self._wake.wait(timeout=wait)
+            waits = [self._options.settle_s] if unsettled else []
+            if self._options.poll_wait_s > 0:
+                waits.append(self._options.poll_wait_s)
+            with self._lock:
+                waits += [max(due - time.monotonic(), 0.0) for due in self._due.values() if due != float("inf")]
+            self._wake.wait(timeout=min(waits) if waits else None)  # none: wait only for a config change
             self._wake.clear()
 
     def poll(self) -> bool:
@@ -142,19 +151,23 @@ class FileSystemSource:
             now: dict[str, tuple[Fingerprint, float]] = {}  # one fingerprint per directory per scan
             unsettled = False
             for watch in self._watches.values():
+                listed = self._list(watch, clock)
+                if listed is None:  # not due, or the store did not answer: what serves stays
+                    prefix = watch.base_path.rstrip("/") + "/"
+                    now.update({p: seen for p, seen in self._seen.items() if p.startswith(prefix)})
+                    if watch.name not in self._scanned:
+                        self._scanned.add(watch.name)
+                        self._callback(watch.name, self._sent.get(watch.name, []))
+                    continue
                 complete: dict[int, str] = {}
                 settling: set[int] = set()
-                dirs = version_dirs(watch.base_path)
-                if not dirs and watch.base_path not in self._missing_logged:
+                if not listed and watch.base_path not in self._missing_logged:
                     log.warning("No versions of servable %s found under base path %s", watch.name, watch.base_path)
                     self._missing_logged.add(watch.base_path)
-                elif dirs:
+                elif listed:
                     self._missing_logged.discard(watch.base_path)
-                for version, path in dirs.items():
-                    if not self._is_complete(path):
-                        continue
+                for version, (path, files) in listed.items():
                     if path not in now:
-                        files = fingerprint(path)
                         before = self._seen.get(path)
                         now[path] = before if before is not None and before[0] == files else (files, clock)
                     complete[version] = path
@@ -167,10 +180,50 @@ class FileSystemSource:
                 if settling.intersection(chosen):
                     unsettled = True
                     self._settling.add(watch.name)
+                    if remote.is_remote(watch.base_path):
+                        self._due[watch.base_path] = clock  # settle at local speed: a few more listings
                     aspired = self._sent.get(watch.name, [])
                 else:
-                    aspired = [AspiredVersion(v, complete[v]) for v in chosen]
+                    aspired = self._aspired(watch, chosen, complete, listed)
                 self._sent[watch.name] = aspired
                 self._callback(watch.name, aspired)
             self._seen = now
             return unsettled
+
+    def _list(self, watch: Watch, clock: float) -> dict[int, tuple[str, Fingerprint]] | None:
+        """The complete versions under a base path and their files; None for a remote one that is
+        not due yet or did not answer."""
+        base = watch.base_path
+        if not remote.is_remote(base):
+            return {v: (path, fingerprint(path)) for v, path in version_dirs(base).items() if self._is_complete(path)}
+        if clock < self._due.get(base, 0.0):
+            return None
+        self._due[base] = clock + self._options.remote_poll_wait_s if self._options.remote_poll_wait_s > 0 \
+            else float("inf")
+        try:
+            versions = remote.scan(base)
+        except remote.Unreachable as e:
+            if self._unreachable.get(base) != str(e):
+                log.error("%s; the versions of %s serving now stay, and the listing is retried every %g s",
+                          e, watch.name, self._options.remote_poll_wait_s)
+                self._unreachable[base] = str(e)
+            return None
+        if self._unreachable.pop(base, None) is not None:
+            log.info("%s answers again", base)
+        return {v: (f"{base.rstrip('/')}/{v}", files) for v, files in versions.items() if remote.is_complete(files)}
+
+    def _aspired(self, watch: Watch, chosen: Sequence[int], complete: dict[int, str],
+                 listed: dict[int, tuple[str, Fingerprint]]) -> list[AspiredVersion]:
+        """The chosen versions as the manager loads them: a remote one from its local copy."""
+        if not remote.is_remote(watch.base_path):
+            return [AspiredVersion(v, complete[v]) for v in chosen]
+        aspired = []
+        for v in chosen:
+            try:
+                aspired.append(AspiredVersion(v, remote.fetch(watch.base_path, v, listed[v][1],
+                                                              self._options.cache_dir)))
+            except remote.Unreachable as e:  # tried again at the next poll; what serves stays
+                log.error("%s; retried in %g s", e, self._options.remote_poll_wait_s)
+                return self._sent.get(watch.name, [])
+        remote.prune(self._options.cache_dir, watch.base_path, set(listed) | {a.version for a in aspired})
+        return aspired
