@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -139,6 +138,10 @@ def serve_parser() -> argparse.ArgumentParser:
                                "(tfprod; docs/security.md). Re-read when it changes, except [tls]")
 
     observe = p.add_argument_group("monitoring")
+    observe.add_argument("--log_format", choices=("text", "json"), default="text",
+                         help="json: one JSON object per line (time, level, logger, message, model, version, "
+                              "request_id) for a cluster's log collector (tfprod; default: text)")
+    _add_bool(observe, "access_log", False, "log one line per request, REST and gRPC (tfprod)")
     observe.add_argument("--monitoring_config_file", default="",
                          help="MonitoringConfig text proto; prometheus_config { enable: true } "
                               "serves metrics on the REST port")
@@ -147,12 +150,11 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def _serve(argv: Sequence[str]) -> int:
     args = serve_parser().parse_args(argv)
+    from tfprod.core import logs
     from tfprod.workers.pool import Slot
 
     worker = Slot.from_env()
-    where = f" [worker {worker.index}]" if worker else ""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s",
-                        force=True)
+    logs.setup(args.log_format, worker.index if worker else None, args.access_log)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not (args.model_config_file or args.model_base_path):
         return _fail("give --model_base_path (with --model_name) or --model_config_file")

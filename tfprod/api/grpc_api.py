@@ -31,6 +31,7 @@ from tensorflow_serving.apis import (
 
 from tfprod.codec import example, messages, tensor_proto
 from tfprod.config.model_config import ConfigError, models_of
+from tfprod.core import logs
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
 from tfprod.security.guard import Guard, client_address
@@ -110,7 +111,12 @@ class Runner:
             status = Code.INTERNAL
             await context.abort(grpc.StatusCode.INTERNAL, cut(f"{type(e).__name__}: {e}"))
         finally:
-            self._metrics.record_request(model, status.name, api, "GRPC", time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._metrics.record_request(model, status.name, api, "GRPC", seconds)
+            if logs.ACCESS.isEnabledFor(logging.INFO):
+                metadata = dict(context.invocation_metadata() or ())
+                logs.access("GRPC", api, model, status.name, seconds, client_address(context.peer()),
+                            _text(metadata.get("x-request-id")))
         raise AssertionError("unreachable: context.abort raises")
 
 

@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from tfprod.api.ui import UiRoutes
 from tfprod.api.v2 import V2Models, refuse_overrides
 from tfprod.codec import example, json_tensor, messages, v2
+from tfprod.core import logs
 from tfprod.core.manager import VersionStatus
 from tfprod.errors import Code, ServingError, invalid
 from tfprod.metrics import ServingMetrics
@@ -258,7 +259,10 @@ class RestApi:
             status = Code.INTERNAL.name
             return _error_response(ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
         finally:
-            self._metrics.record_request(model, status, api, "REST", time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._metrics.record_request(model, status, api, "REST", seconds)
+            logs.access("REST", api or f"{request.method} {path}", model, status, seconds,
+                        (request.scope.get("client") or ("-",))[0], headers.get("x-request-id"))
 
     async def _run(self, work: Handler, body: bytes, receive: Receive) -> Response:
         """A model API's coroutine on the loop (it awaits its batch there); anything else on a worker

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Generic, Protocol, TypeVar
 
+from tfprod.core.logs import about
 from tfprod.core.policy import Kind, Snapshot, next_action
 from tfprod.core.states import State, check_transition
 from tfprod.errors import Code, ServingError
@@ -289,7 +290,8 @@ class Manager(Generic[S]):
             if version == sid.version:
                 self._labels.setdefault(sid.name, {})[label] = version
                 del pending[label]
-                log.info("label %r of model %r now points at version %d", label, sid.name, version)
+                log.info("label %r of model %r now points at version %d", label, sid.name, version,
+                         extra=about(sid.name, version))
 
     def _do_load(self, harness: _Harness[S]) -> None:
         attempts = self._options.max_num_load_retries + 1
@@ -308,19 +310,21 @@ class Manager(Generic[S]):
             except ServingError as e:
                 error = _detached(e)
                 if e.code in _FINAL:
-                    log.error("loading %s version %d refused: %s", harness.id.name, harness.id.version, e.message)
+                    log.error("loading %s version %d refused: %s", harness.id.name, harness.id.version, e.message,
+                              extra=about(harness.id.name, harness.id.version))
                     break
             except Exception as e:  # a loader may fail in any way; the server must not
                 error = ServingError(Code.UNKNOWN, f"{type(e).__name__}: {e}")
             else:
                 log.info("loaded %s version %d in %.2fs", harness.id.name, harness.id.version,
-                         time.monotonic() - started)
+                         time.monotonic() - started, extra=about(harness.id.name, harness.id.version))
                 with self._cond:
                     harness.servable = servable
                     self._transition_locked(harness, State.AVAILABLE)
                 return
             log.error("loading %s version %d failed (attempt %d of %d): %s", harness.id.name,
-                      harness.id.version, attempt + 1, attempts, error.message)
+                      harness.id.version, attempt + 1, attempts, error.message,
+                      extra=about(harness.id.name, harness.id.version))
         with self._cond:
             self._transition_locked(harness, State.END, error)
 
@@ -332,10 +336,12 @@ class Manager(Generic[S]):
             if servable is not None:
                 servable.unload()
         except Exception:
-            log.exception("unloading %s version %d failed", harness.id.name, harness.id.version)
+            log.exception("unloading %s version %d failed", harness.id.name, harness.id.version,
+                          extra=about(harness.id.name, harness.id.version))
         with self._cond:
             self._transition_locked(harness, State.END)
-        log.info("unloaded %s version %d", harness.id.name, harness.id.version)
+        log.info("unloaded %s version %d", harness.id.name, harness.id.version,
+                 extra=about(harness.id.name, harness.id.version))
 
 
 def _detached(e: ServingError) -> ServingError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from tfprod.core.logs import about
 from tfprod.errors import Code, ServingError
 from tfprod.format.saved_model import read_meta_graph
 from tfprod.security import graph_scan, signing
@@ -30,7 +31,7 @@ def check_version(rules: ModelRules, name: str, version: int, path: str, tags: f
             key = signing.verify(path, rules.trusted_keys)
         except signing.VerificationError as e:
             raise ModelRefused(f"version {version} of model '{name}' is refused: {e}", "signature") from None
-        log.info("%s version %d: signature verified with %s", name, version, key)
+        log.info("%s version %d: signature verified with %s", name, version, key, extra=about(name, version))
     if rules.graph_scan == "off" or not scan:
         return
     findings = graph_scan.scan(read_meta_graph(path, tags), rules.allowed_ops(name))
@@ -41,4 +42,5 @@ def check_version(rules: ModelRules, name: str, version: int, path: str, tags: f
         raise ModelRefused(f"version {version} of model '{name}' is refused: its graph uses {text}. If the model "
                            f"needs them, allow them in the security config: [models.allow_ops] "
                            f"{name} = [{', '.join(sorted({repr(f.op) for f in findings}))}]", "graph_scan")
-    log.warning("%s version %d: its graph uses %s (graph_scan = 'warn': loading it anyway)", name, version, text)
+    log.warning("%s version %d: its graph uses %s (graph_scan = 'warn': loading it anyway)", name, version, text,
+                extra=about(name, version))
