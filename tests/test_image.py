@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DOCKERFILE = os.path.join(ROOT, "deploy", "Dockerfile")
+ENTRYPOINT = os.path.join(ROOT, "deploy", "tf_serving_entrypoint.sh")
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -36,8 +39,11 @@ def test_the_image_is_multi_stage_non_root_and_holds_the_pipeline_extras() -> No
     assert any(kind == "COPY" and arg.startswith("--from=build ") for kind, arg in final)
     (user,) = [arg for kind, arg in final if kind == "USER"]
     assert user.isdigit() and int(user) != 0
-    assert [arg for kind, arg in final if kind == "ENTRYPOINT"] == ['["tfprod"]']
+    assert [arg for kind, arg in final if kind == "ENTRYPOINT"] == ['["/usr/bin/tf_serving_entrypoint.sh"]']
     assert [arg for kind, arg in final if kind == "EXPOSE"] == ["8500 8501"]
+    env = " ".join(arg for kind, arg in final if kind == "ENV")
+    assert "MODEL_BASE_PATH=/models" in env and "MODEL_NAME=model" in env  # TF Serving's image conventions
+    assert os.access(ENTRYPOINT, os.X_OK)
     (extras,) = [arg.split("=", 1)[1] for kind, arg in final if kind == "ARG" and arg.startswith("EXTRAS=")]
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         declared = tomllib.load(f)["project"]["optional-dependencies"]
@@ -46,3 +52,45 @@ def test_the_image_is_multi_stage_non_root_and_holds_the_pipeline_extras() -> No
         if kind == "COPY" and not arg.startswith("--from"):
             for source in arg.split()[:-1]:
                 assert os.path.exists(os.path.join(ROOT, source)), source
+
+
+def test_the_entrypoint_serves_as_tf_servings_image_does(tmp_path, model_dir: str) -> None:  # type: ignore[no-untyped-def]
+    """The image's entrypoint run here, with tfprod on PATH: MODEL_BASE_PATH/MODEL_NAME served,
+    extra flags passed through (the ports moved off 8500/8501 for the test, as a later flag wins)."""
+    import httpx
+    from conftest import free_port
+
+    models = tmp_path / "models"
+    models.mkdir()
+    os.symlink(os.path.join(model_dir, "half_plus_two"), models / "hpt")
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+           "MODEL_NAME": "hpt", "MODEL_BASE_PATH": str(models)}
+    rest, log = free_port(), tmp_path / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([ENTRYPOINT, "--host=127.0.0.1", f"--port={free_port()}", f"--rest_api_port={rest}"],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            try:
+                r = httpx.post(f"http://127.0.0.1:{rest}/v1/models/hpt:predict", json={"instances": [1.0]})
+                if r.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the entrypoint's server did not answer"
+            time.sleep(0.3)
+        assert r.json() == {"predictions": [2.5]}
+        server.send_signal(signal.SIGTERM)  # exec'd: tfprod itself gets the signal and drains
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    # named tensorflow_model_server it is `tfprod serve`; a first argument that is no flag, a tfprod command
+    alias = tmp_path / "tensorflow_model_server"
+    os.symlink(ENTRYPOINT, alias)
+    done = subprocess.run([str(alias), "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--model_config_file" in done.stdout
+    done = subprocess.run([ENTRYPOINT, "pipeline", "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "pipeline" in done.stdout
