@@ -10,6 +10,10 @@ set -e
 if [ "$(basename "$0")" = tensorflow_model_server ]; then
   exec tfprod serve "$@"
 fi
+if [ "$(basename "${1:-}")" = tensorflow_model_server ]; then
+  shift  # args that name TF Serving's binary first, as KServe's TF Serving runtime does
+  exec tfprod serve "$@"
+fi
 case "${1:-}" in
   "" | -*)
     exec tfprod serve --port=8500 --rest_api_port=8501 \

@@ -115,7 +115,8 @@ def test_the_chart_renders_and_validates_strictly(helm: str, tmp_path, name: str
     probes = {k: container[k]["httpGet"]["path"] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert probes == {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] == sleep + 30 + 5  # preStop, then tfprod's drain, then a margin
+    assert args.drain_seconds == 30
+    assert pod["terminationGracePeriodSeconds"] == sleep + args.drain_seconds + 5  # preStop, tfprod's drain, a margin
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
@@ -138,6 +139,11 @@ def test_the_chart_renders_and_validates_strictly(helm: str, tmp_path, name: str
         assert metrics["Pods"]["pods"]["metric"]["name"] == "tfprod_requests_per_second"
         assert metrics["Resource"]["resource"]["target"]["averageUtilization"] == 70
         assert "replicas" not in deployment["spec"]  # the HPA owns the count
+        # a models.config edit is re-read in place: it must not roll the pods
+        edited = _render(helm, {**FULL, "modelsConfig": FULL["modelsConfig"].replace("digits", "digits2")}, tmp_path)
+        (again,) = _by_kind(edited)["Deployment"]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert again["spec"]["template"]["metadata"]["annotations"] == annotations
         (secret,) = _by_kind(docs)["Secret"]
         assert "max_concurrent_requests" in secret["stringData"]["security.toml"]
         _validate_service_monitors(custom, tmp_path)

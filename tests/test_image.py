@@ -92,5 +92,8 @@ def test_the_entrypoint_serves_as_tf_servings_image_does(tmp_path, model_dir: st
     os.symlink(ENTRYPOINT, alias)
     done = subprocess.run([str(alias), "--help"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--model_config_file" in done.stdout
+    done = subprocess.run([ENTRYPOINT, "/usr/bin/tensorflow_model_server", "--help"], env=env, capture_output=True,
+                          text=True, timeout=60)  # args naming TF Serving's binary first, as KServe's runtime does
+    assert done.returncode == 0 and "--model_config_file" in done.stdout
     done = subprocess.run([ENTRYPOINT, "pipeline", "--help"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "pipeline" in done.stdout

@@ -103,18 +103,24 @@ def test_s3_deleted_version_bucket_down_and_wrong_credentials(s3, start_server, 
         _upload(s3, local, f"many/{version}", last="saved_model.pb")
     config = tmp_path / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "hpt" base_path: "s3://{BUCKET}/many" '
-                      'model_platform: "tensorflow" model_version_policy { all {} } } }')
+                      'model_platform: "tensorflow" model_version_policy { all {} } } '
+                      f'config {{ name: "newest" base_path: "s3://{BUCKET}/many/" model_platform: "tensorflow" }} }}')
     server = start_server([f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
                            f"--model_cache_dir={tmp_path / 'cache'}"])
+
+    def state(version: int, model: str = "hpt") -> str:
+        statuses = server.client.get(f"/v1/models/{model}").json()["model_version_status"]
+        return next((s["state"] for s in statuses if s["version"] == str(version)), "")
+    # ready once each model has a version: the second of "all" may still be loading
+    server.wait_until(lambda: state(1) == state(2) == state(2, "newest") == "AVAILABLE", 30, "both versions")
     assert _y(server, [3.0], 1) == [3.5] and _y(server, [3.0], 2) == [7.0]
+    # a second model on the same base path (TF Serving's latest policy) is served from the same listing
+    newest = server.client.get("/v1/models/newest").json()["model_version_status"]
+    assert [(s["version"], s["state"]) for s in newest] == [("2", "AVAILABLE")]
     # deleting a version unloads it
     client = _client(s3)
     for item in client.list_objects_v2(Bucket=BUCKET, Prefix="many/1/")["Contents"]:
         client.delete_object(Bucket=BUCKET, Key=item["Key"])
-
-    def state(version: int) -> str:
-        statuses = server.client.get("/v1/models/hpt").json()["model_version_status"]
-        return next((s["state"] for s in statuses if s["version"] == str(version)), "")
     server.wait_until(lambda: state(1) == "END", 15, "version 1 unloaded")
     # the bucket goes away: version 2 keeps serving, the listing is retried
     port = int(s3["port"])
@@ -139,3 +145,19 @@ def test_s3_deleted_version_bucket_down_and_wrong_credentials(s3, start_server, 
         assert "check the credentials" in denied.log(), denied.log()[-2000:]
         denied.wait_until(lambda: denied.client.get("/readyz").status_code == 503, 30, "the ports")
         assert denied.client.get("/readyz").json()["waiting_for"] == ["hpt"]
+
+
+def test_a_version_is_complete_with_its_graph_and_every_variables_shard() -> None:
+    from tfprod.core.remote import is_complete
+
+    def files(*names: str) -> tuple[tuple[str, int, int], ...]:
+        return tuple((n, 1, 0) for n in names)
+    assert is_complete(files("saved_model.pb"))  # no variables at all: a constant graph
+    assert is_complete(files("model.tflite"))
+    assert not is_complete(files("variables/variables.index", "variables/variables.data-00000-of-00001"))
+    assert not is_complete(files("saved_model.pb", "variables/variables.index"))  # its shard still uploading
+    assert not is_complete(files("saved_model.pb", "variables/variables.data-00000-of-00001"))  # no index yet
+    assert not is_complete(files("saved_model.pb", "variables/variables.index",
+                                 "variables/variables.data-00001-of-00002"))
+    assert is_complete(files("saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00002",
+                             "variables/variables.data-00001-of-00002", "assets/vocab.txt"))

@@ -137,6 +137,11 @@ def serve_parser() -> argparse.ArgumentParser:
                                "limits, request bounds, signed models, the graph scan and TLS on both ports "
                                "(tfprod; docs/security.md). Re-read when it changes, except [tls]")
 
+    server_group = p.add_argument_group("shutdown")
+    server_group.add_argument("--drain_seconds", type=float, default=30.0,
+                              help="after SIGTERM, how long requests in flight may take to finish, on both ports "
+                                   "(tfprod; default: 30)")
+
     observe = p.add_argument_group("monitoring")
     observe.add_argument("--log_format", choices=("text", "json"), default="text",
                          help="json: one JSON object per line (time, level, logger, message, model, version, "
@@ -240,6 +245,7 @@ def _serve(argv: Sequence[str]) -> int:
             remote_poll_wait_seconds=30 if args.file_system_poll_wait_seconds is None
             else args.file_system_poll_wait_seconds,
             model_cache_dir=args.model_cache_dir,
+            grace_s=max(args.drain_seconds, 0.0),
             max_num_load_retries=args.max_num_load_retries,
             load_retry_interval_micros=args.load_retry_interval_micros,
             saved_model_tags=tags,

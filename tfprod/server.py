@@ -78,7 +78,7 @@ class ServerOptions:
     rest: RestOptions = RestOptions()
     grpc: GrpcOptions = GrpcOptions()
     security: SecurityConfig = SecurityConfig()
-    grace_s: float = 30.0  # how long a stop waits for gRPC calls in flight
+    grace_s: float = 30.0  # how long a stop waits for the calls in flight (--drain_seconds)
     worker: Slot | None = None  # this process's place in a pool of workers (tfprod.workers), if any
     rollout_config_file: str = ""
     rollout_state_file: str = ""  # where rollout decisions are kept across restarts ("": nowhere)
@@ -150,6 +150,7 @@ async def _serve(options: ServerOptions, app: RestApi | None, grpc_server: GrpcS
         tls = options.security.tls
         config = uvicorn.Config(app, host=options.host, port=options.rest_api_port, log_config=None,
                                 access_log=False, lifespan="on", timeout_keep_alive=30,
+                                timeout_graceful_shutdown=int(options.grace_s) or None,
                                 ssl_certfile=tls.cert_file if tls else None, ssl_keyfile=tls.key_file if tls else None,
                                 ssl_ca_certs=tls.client_ca_file or None if tls else None,
                                 ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.require_client_cert else

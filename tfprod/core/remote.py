@@ -17,14 +17,19 @@ application default credentials for gs://.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from tfprod.errors import Code, ServingError
@@ -111,13 +116,32 @@ def scan(base_path: str) -> dict[int, Fingerprint]:
             continue
         name = key[len(root):].lstrip("/")
         top, _, rest = name.partition("/")
-        if top.isdigit() and rest and not rest.endswith("/"):
-            versions.setdefault(int(top), []).append((rest, int(info.get("size") or 0), _tag(info)))
+        if not (top.isdigit() and rest) or rest.endswith("/"):
+            continue  # not in a version, or a "directory" placeholder object
+        if any(part in ("", ".", "..") for part in rest.split("/")):
+            log.warning("ignoring %s/%s: a key that would land outside its version's directory", base_path, name)
+            continue
+        versions.setdefault(int(top), []).append((rest, int(info.get("size") or 0), _tag(info)))
     return {v: tuple(sorted(files)) for v, files in versions.items()}
 
 
+_SHARD = re.compile(r"variables/variables\.data-(\d{5})-of-(\d{5})")
+
+
 def is_complete(files: Fingerprint) -> bool:
-    return any(name in _MODEL_FILES for name, _, _ in files)
+    """A graph file, and if the version has variables, their index and every data shard it names
+    (`variables.data-00000-of-00002`): an object is listed only once uploaded whole, so a large
+    shard still on its way is simply absent."""
+    names = {name for name, _, _ in files}
+    if not names.intersection(_MODEL_FILES):
+        return False
+    shards = [m for m in map(_SHARD.fullmatch, names) if m]
+    if not shards and "variables/variables.index" not in names:
+        return True  # no variables (or not yet listed: the settle window covers that)
+    if "variables/variables.index" not in names or not shards:
+        return False
+    total = int(shards[0].group(2))
+    return {int(m.group(1)) for m in shards if int(m.group(2)) == total} == set(range(total))
 
 
 def cache_dir_of(cache: str, base_path: str) -> str:
@@ -126,40 +150,56 @@ def cache_dir_of(cache: str, base_path: str) -> str:
     return os.path.join(cache, f"{base_path.split('://', 1)[0]}-{digest}")
 
 
+@contextlib.contextmanager
+def _locked(directory: str, version: int | str, blocking: bool = True) -> Iterator[bool]:
+    """One process at a time on a version's copy (the workers of a pool share the cache)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f".{version}.lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def fetch(base_path: str, version: int, files: Fingerprint, cache: str) -> str:
     """The local copy of a version, downloaded once (a copy made from the same listing is reused:
     after a restart, or by the other workers of a pool)."""
-    target = os.path.join(cache_dir_of(cache, base_path), str(version))
+    directory = cache_dir_of(cache, base_path)
+    target = os.path.join(directory, str(version))
     listing = json.dumps([list(f) for f in files])
     if _marker(target) == listing:
         return target
-    fs, root = _split(base_path)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{version}-", dir=os.path.dirname(target))
-    try:
-        for name, size, _ in files:
-            local = os.path.join(staging, *name.split("/"))
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            fs.get_file(f"{root}/{version}/{name}", local)
-            if os.path.getsize(local) != size:
-                raise Unreachable(f"{base_path}/{version}/{name} changed while it was downloaded")
-        with open(os.path.join(staging, MARKER), "w") as f:
-            f.write(listing)
-        if _marker(target) == listing:  # another worker of the pool was quicker: use its copy
-            shutil.rmtree(staging, ignore_errors=True)
+    with _locked(directory, version):
+        if _marker(target) == listing:  # another worker of the pool downloaded it meanwhile
             return target
-        if os.path.isdir(target):  # an older download of a version written again
-            old = tempfile.mkdtemp(prefix=f".{version}-old-", dir=os.path.dirname(target))
-            os.rename(target, os.path.join(old, "v"))
-            shutil.rmtree(old, ignore_errors=True)  # a loaded version keeps its open files (POSIX)
-        os.rename(staging, target)
-        return target
-    except Unreachable:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except Exception as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise Unreachable(f"cannot download {base_path}/{version}: {type(e).__name__}: {e}") from None
+        fs, root = _split(base_path)
+        staging = tempfile.mkdtemp(prefix=f".{version}-", dir=directory)
+        try:
+            for name, size, _ in files:
+                local = os.path.join(staging, *name.split("/"))
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                fs.get_file(f"{root}/{version}/{name}", local)
+                if os.path.getsize(local) != size:
+                    raise Unreachable(f"{base_path}/{version}/{name} changed while it was downloaded")
+            with open(os.path.join(staging, MARKER), "w") as f:
+                f.write(listing)
+            if os.path.isdir(target):  # an older download of a version written again
+                old = tempfile.mkdtemp(prefix=f".{version}-old-", dir=directory)
+                os.rename(target, os.path.join(old, "v"))
+                shutil.rmtree(old, ignore_errors=True)  # a loaded version keeps its open files (POSIX)
+            os.rename(staging, target)
+            return target
+        except Unreachable:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        except Exception as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise Unreachable(f"cannot download {base_path}/{version}: {type(e).__name__}: {e}") from None
 
 
 def _marker(target: str) -> str | None:
@@ -170,13 +210,25 @@ def _marker(target: str) -> str | None:
         return None
 
 
-def prune(cache: str, base_path: str, keep: set[int]) -> None:
-    """Remove the downloads of versions no longer listed (once they are not wanted either)."""
+def prune(cache: str, base_path: str, keep: set[int], min_age_s: float = 600.0) -> None:
+    """Remove the copies of versions not in `keep` once they are `min_age_s` old (another worker
+    of a pool, a poll behind or ahead, may still want a fresher one), and downloads a crash left
+    half-done an hour ago."""
     directory = cache_dir_of(cache, base_path)
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return
+    now = time.time()
     for name in names:
-        if name.isdigit() and int(name) not in keep:
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        path = os.path.join(directory, name)
+        try:
+            age = now - os.path.getmtime(os.path.join(path, MARKER) if name.isdigit() else path)
+        except OSError:
+            age = float("inf")
+        if name.isdigit() and int(name) not in keep and age >= min_age_s:
+            with _locked(directory, name, blocking=False) as mine:
+                if mine:
+                    shutil.rmtree(path, ignore_errors=True)
+        elif name.startswith(".") and not name.endswith(".lock") and age > 3600:
+            shutil.rmtree(path, ignore_errors=True)

@@ -42,10 +42,12 @@ class SourceOptions:
     poll_wait_s: float = 1.0  # 0: scan until every version settled, then stop
     settle_s: float = 0.5
     remote_poll_wait_s: float = 30.0  # object storage: a listing costs money (docs/kubernetes.md)
+    remote_settle_s: float = 5.0  # an object shows in a listing only once it is whole: wait longer
     cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "tfprod", "models")
 
 
 AspiredCallback = Callable[[str, Sequence[AspiredVersion]], None]
+_RETRY_S = 30.0  # a store that failed is asked again after this, even when polling once
 
 
 def fingerprint(path: str) -> Fingerprint:
@@ -103,6 +105,9 @@ class FileSystemSource:
         """Replace the models to watch; dropped models get an empty aspired list (unload)."""
         with self._lock:  # serialized with poll(): a scan in progress cannot revive a dropped model
             dropped = [name for name in self._watches if name not in {w.name for w in watches}]
+            for base in {w.base_path for w in self._watches.values()} - {w.base_path for w in watches}:
+                if remote.is_remote(base):  # its copies go with it
+                    remote.prune(self._options.cache_dir, base, set(), min_age_s=0.0)
             self._watches = {w.name: w for w in watches}
             self._scanned &= set(self._watches)
             self._due = {}  # a new config is listed at once
@@ -144,35 +149,44 @@ class FileSystemSource:
         The version policy chooses among complete versions, settled or not. If its choice
         includes one still settling, the model's previous list is sent again, so the versions
         serving now keep serving (even if their directories were just deleted) until the new
-        one has settled and loaded.
+        one has settled and loaded. Remote versions are downloaded after the scan, outside the
+        lock (a large download must not hold up the other models or a config change).
         """
+        fetches: list[tuple[Watch, list[int], dict[int, tuple[str, Fingerprint]]]] = []
         with self._lock:
             clock = time.monotonic()
             now: dict[str, tuple[Fingerprint, float]] = {}  # one fingerprint per directory per scan
+            listings: dict[str, dict[int, tuple[str, Fingerprint]] | None] = {}  # one listing per base path
             unsettled = False
             for watch in self._watches.values():
-                listed = self._list(watch, clock)
+                base, is_remote = watch.base_path, remote.is_remote(watch.base_path)
+                if base not in listings:
+                    listings[base] = self._list(watch, clock)
+                listed = listings[base]
                 if listed is None:  # not due, or the store did not answer: what serves stays
-                    prefix = watch.base_path.rstrip("/") + "/"
+                    prefix = base.rstrip("/") + "/"
                     now.update({p: seen for p, seen in self._seen.items() if p.startswith(prefix)})
+                    if base in self._unreachable:
+                        self._settling.discard(watch.name)  # nothing to wait for until it answers
                     if watch.name not in self._scanned:
                         self._scanned.add(watch.name)
                         self._callback(watch.name, self._sent.get(watch.name, []))
                     continue
                 complete: dict[int, str] = {}
                 settling: set[int] = set()
-                if not listed and watch.base_path not in self._missing_logged:
-                    log.warning("No versions of servable %s found under base path %s", watch.name, watch.base_path)
-                    self._missing_logged.add(watch.base_path)
+                settle_s = self._options.remote_settle_s if is_remote else self._options.settle_s
+                if not listed and base not in self._missing_logged:
+                    log.warning("No versions of servable %s found under base path %s", watch.name, base)
+                    self._missing_logged.add(base)
                 elif listed:
-                    self._missing_logged.discard(watch.base_path)
+                    self._missing_logged.discard(base)
                 for version, (path, files) in listed.items():
                     if path not in now:
                         before = self._seen.get(path)
                         now[path] = before if before is not None and before[0] == files else (files, clock)
                     complete[version] = path
                     since = now[path][1]
-                    if since == clock or clock - since < self._options.settle_s:  # changed: this scan or lately
+                    if since == clock or clock - since < settle_s:  # changed: this scan or lately
                         settling.add(version)
                 chosen = select(watch.policy, complete)
                 self._scanned.add(watch.name)
@@ -180,15 +194,21 @@ class FileSystemSource:
                 if settling.intersection(chosen):
                     unsettled = True
                     self._settling.add(watch.name)
-                    if remote.is_remote(watch.base_path):
-                        self._due[watch.base_path] = clock  # settle at local speed: a few more listings
+                    if is_remote:  # listed again once the window has passed, not at every poll
+                        self._due[base] = min(self._due.get(base, float("inf")), clock + settle_s)
                     aspired = self._sent.get(watch.name, [])
+                elif is_remote:
+                    self._settling.add(watch.name)  # until its versions are downloaded
+                    fetches.append((watch, list(chosen), listed))
+                    continue
                 else:
-                    aspired = self._aspired(watch, chosen, complete, listed)
+                    aspired = [AspiredVersion(v, complete[v]) for v in chosen]
                 self._sent[watch.name] = aspired
                 self._callback(watch.name, aspired)
             self._seen = now
-            return unsettled
+        for watch, chosen, listed in fetches:
+            self._offer_remote(watch, chosen, listed)
+        return unsettled
 
     def _list(self, watch: Watch, clock: float) -> dict[int, tuple[str, Fingerprint]] | None:
         """The complete versions under a base path and their files; None for a remote one that is
@@ -198,32 +218,44 @@ class FileSystemSource:
             return {v: (path, fingerprint(path)) for v, path in version_dirs(base).items() if self._is_complete(path)}
         if clock < self._due.get(base, 0.0):
             return None
+        retry_s = self._options.remote_poll_wait_s or _RETRY_S
         self._due[base] = clock + self._options.remote_poll_wait_s if self._options.remote_poll_wait_s > 0 \
             else float("inf")
         try:
             versions = remote.scan(base)
         except remote.Unreachable as e:
+            self._due[base] = clock + retry_s  # retried, in poll-once mode too
             if self._unreachable.get(base) != str(e):
                 log.error("%s; the versions of %s serving now stay, and the listing is retried every %g s",
-                          e, watch.name, self._options.remote_poll_wait_s)
+                          e, watch.name, retry_s)
                 self._unreachable[base] = str(e)
             return None
         if self._unreachable.pop(base, None) is not None:
             log.info("%s answers again", base)
         return {v: (f"{base.rstrip('/')}/{v}", files) for v, files in versions.items() if remote.is_complete(files)}
 
-    def _aspired(self, watch: Watch, chosen: Sequence[int], complete: dict[int, str],
-                 listed: dict[int, tuple[str, Fingerprint]]) -> list[AspiredVersion]:
-        """The chosen versions as the manager loads them: a remote one from its local copy."""
-        if not remote.is_remote(watch.base_path):
-            return [AspiredVersion(v, complete[v]) for v in chosen]
-        aspired = []
+    def _offer_remote(self, watch: Watch, chosen: list[int], listed: dict[int, tuple[str, Fingerprint]]) -> None:
+        """Download the chosen versions (outside the lock), then offer those that came down; a
+        version that did not is tried again at the next poll, and what serves keeps serving."""
+        cache, base = self._options.cache_dir, watch.base_path
+        done: dict[int, str] = {}
         for v in chosen:
             try:
-                aspired.append(AspiredVersion(v, remote.fetch(watch.base_path, v, listed[v][1],
-                                                              self._options.cache_dir)))
-            except remote.Unreachable as e:  # tried again at the next poll; what serves stays
-                log.error("%s; retried in %g s", e, self._options.remote_poll_wait_s)
-                return self._sent.get(watch.name, [])
-        remote.prune(self._options.cache_dir, watch.base_path, set(listed) | {a.version for a in aspired})
-        return aspired
+                done[v] = remote.fetch(base, v, listed[v][1], cache)
+            except remote.Unreachable as e:
+                log.error("%s; retried in %g s", e, self._options.remote_poll_wait_s or _RETRY_S)
+        with self._lock:
+            if self._watches.get(watch.name) != watch:
+                return  # dropped or changed while it downloaded: the next poll decides
+            self._settling.discard(watch.name)
+            before = self._sent.get(watch.name, [])
+            if len(done) < len(chosen):
+                self._due[base] = time.monotonic() + (self._options.remote_poll_wait_s or _RETRY_S)
+                kept = [a for a in before if a.version in listed and a.version not in done]
+                aspired = sorted(kept + [AspiredVersion(v, p) for v, p in done.items()], key=lambda a: a.version)
+            else:
+                aspired = [AspiredVersion(v, done[v]) for v in chosen]
+            self._sent[watch.name] = aspired
+            self._callback(watch.name, aspired)
+        # the copies neither offered now nor serving until now go (once other workers are done with them)
+        remote.prune(cache, base, {a.version for a in aspired} | {a.version for a in before})
