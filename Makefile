@@ -22,10 +22,10 @@ rollout-demo: install  # digits v2 rolled out 1% -> 100% and promoted, then a br
 pipeline-demo: install  # the credit pipeline: push v1, stop a drifted span, bless and push v2 to a running server
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python examples/credit/demo.py --workdir credit-demo
 
-test: install  # browser tests: Debian's Chromium (Playwright's download needs the internet); Node: parity's fallback; PostgreSQL: the store tests start their own server
-	(command -v chromium && command -v node && ls /usr/lib/postgresql/*/bin/initdb) >/dev/null 2>&1 || \
-	  (apt-get update -qq && apt-get install -y -qq chromium nodejs postgresql) || \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium nodejs postgresql)
+test: install  # browser tests: Debian's Chromium (Playwright's download needs the internet); Node: parity's fallback and the ServiceMonitor schema (npm); PostgreSQL: the store tests start their own server
+	(command -v chromium && command -v node && command -v npm && ls /usr/lib/postgresql/*/bin/initdb) >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq chromium nodejs postgresql && (command -v npm || apt-get install -y -qq npm)) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium nodejs postgresql && (command -v npm || sudo apt-get install -y -qq npm))
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/pytest -q
 
 lint: install
