@@ -161,3 +161,13 @@ def test_a_version_is_complete_with_its_graph_and_every_variables_shard() -> Non
                                  "variables/variables.data-00001-of-00002"))
     assert is_complete(files("saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00002",
                              "variables/variables.data-00001-of-00002", "assets/vocab.txt"))
+
+
+def test_a_base_path_whose_store_has_no_file_system_is_refused_at_start() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tfprod", "serve", "--model_name=m",
+                           "--model_base_path=nope://bucket/m", "--rest_api_port=0", "--port=0",
+                           "--grpc_socket_path=/nonexistent/never.sock"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "cannot read nope:// base paths" in done.stderr, done.stderr[-2000:]

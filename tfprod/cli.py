@@ -183,7 +183,8 @@ def _serve(argv: Sequence[str]) -> int:
         read_monitoring_config,
         read_ssl_config,
     )
-    from tfprod.core.remote import is_remote
+    from tfprod.core.remote import filesystem, is_remote
+    from tfprod.errors import ServingError
     from tfprod.rollout.config import read_rollout_config
     from tfprod.security.config import SecurityConfig, read_security_config
 
@@ -202,8 +203,13 @@ def _serve(argv: Sequence[str]) -> int:
         if args.enable_batching:
             batching = (read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file
                         else BatchingOptions())
+        for m in models:  # an object store's file system must be installed before anything starts
+            if is_remote(m.base_path):
+                filesystem(m.base_path.split("://", 1)[0])
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
+    except ServingError as e:
+        return _fail(e.message)
     if args.num_workers > 1 and args.rollout_config_file:
         return _fail("--rollout_config_file needs --num_workers=1: a rollout's analysis runs in one process (scale "
                      "out with replicas, each with its own rollout, docs/rollout.md)")

@@ -99,7 +99,10 @@ def _tag(info: dict[str, Any]) -> int:
 def scan(base_path: str) -> dict[int, Fingerprint]:
     """Every integer-named version under `base_path` with its files, from one listing. Empty when
     nothing is there; `Unreachable` when the store does not answer."""
-    fs, root = _split(base_path)
+    try:
+        fs, root = _split(base_path)
+    except ServingError as e:  # its file system is not installed: say so at every poll's error
+        raise Unreachable(e.message) from None
     try:
         found = fs.find(root, detail=True)
     except FileNotFoundError:
