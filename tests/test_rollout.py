@@ -19,7 +19,7 @@ import pytest
 import saved_models
 import tensorflow as tf
 from conftest import free_port
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
 
 from tfprod.config.model_config import ConfigError, ModelConfig
 from tfprod.rollout import analysis
@@ -200,6 +200,23 @@ def test_weighted_sticky_split_explicit_versions_and_admin(start_server, two_ver
         assert r.json()["outputs"][0]["data"][0] == pytest.approx(canary_y if arms[key] == "canary" else stable_y)
         r = server.client.post("/v2/models/hpt/versions/1/infer", json=v2, headers={"x-user-id": key})
         assert r.json()["outputs"][0]["data"][0] == pytest.approx(stable_y) and "x-tfprod-arm" not in r.headers
+    # classify and regress are routed alike, on REST and gRPC
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for key in both:
+            expected = canary_y if arms[key] == "canary" else stable_y
+            r = server.client.post("/v1/models/hpt:regress", headers={"x-user-id": key}, json={
+                "signature_name": "regress_x_to_y", "examples": [{"x": 3.0}]})
+            assert r.json() == {"results": [pytest.approx(expected)]} and r.headers["x-tfprod-arm"] == arms[key]
+            r = server.client.post("/v1/models/hpt:classify", headers={"x-user-id": key}, json={
+                "signature_name": "classify_x_to_y", "examples": [{"x": 3.0}]})
+            assert r.json()["results"][0][0][1] == pytest.approx(expected) and r.headers["x-tfprod-arm"] == arms[key]
+            request = regression_pb2.RegressionRequest()
+            request.model_spec.name, request.model_spec.signature_name = "hpt", "regress_x_to_y"
+            request.input.example_list.examples.add().features.feature["x"].float_list.value.append(3.0)
+            reply, call = stub.Regress.with_call(request, metadata=(("x-user-id", key),))
+            assert reply.result.regressions[0].value == pytest.approx(expected)
+            assert dict(call.trailing_metadata())["x-tfprod-arm"] == arms[key]
     # admin: raise the weight; earlier canary users stay on the canary
     r = server.client.post("/v1/rollouts/hpt:set_weight", json={"weight": 60})
     assert r.status_code == 200 and r.json()["state"] == "paused" and r.json()["weight"] == 60
