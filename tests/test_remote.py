@@ -170,4 +170,4 @@ def test_a_base_path_whose_store_has_no_file_system_is_refused_at_start() -> Non
     done = subprocess.run([sys.executable, "-m", "tfprod", "serve", "--model_name=m",
                            "--model_base_path=nope://bucket/m", "--rest_api_port=0", "--port=0",
                            "--grpc_socket_path=/nonexistent/never.sock"], capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "cannot read nope:// base paths" in done.stderr, done.stderr[-2000:]
+    assert done.returncode != 0 and "cannot read nope:// paths" in done.stderr, done.stderr[-2000:]

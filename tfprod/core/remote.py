@@ -81,7 +81,7 @@ def filesystem(protocol: str) -> Any:
     except (ImportError, ValueError) as e:
         extra = _EXTRAS.get(protocol)
         hint = f" (pip install 'tfprod[{extra}]')" if extra else ""
-        raise ServingError(Code.FAILED_PRECONDITION, f"cannot read {protocol}:// base paths: {e}{hint}") from None
+        raise ServingError(Code.FAILED_PRECONDITION, f"cannot read {protocol}:// paths: {e}{hint}") from None
 
 
 def _split(path: str) -> tuple[Any, str]:

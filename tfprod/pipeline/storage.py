@@ -13,7 +13,6 @@ Credentials and endpoints are fsspec's and botocore's own: `AWS_ACCESS_KEY_ID`,
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import shutil
@@ -21,6 +20,9 @@ import tempfile
 import uuid
 from typing import Any
 
+from tfprod.core.remote import filesystem as remote_filesystem
+from tfprod.core.remote import is_remote
+from tfprod.errors import ServingError
 from tfprod.pipeline.dsl import PipelineError
 
 CACHE = os.environ.get("TFPROD_ARTIFACT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tfprod",
@@ -30,20 +32,16 @@ CACHE = os.environ.get("TFPROD_ARTIFACT_CACHE") or os.path.join(os.path.expandus
 EMPTY = ".empty"  # the one object of an artifact that has no files
 
 
-def remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
+remote = is_remote  # one rule for what is object storage, the server's (tfprod.core.remote)
 
 
-@functools.cache
 def filesystem(protocol: str) -> Any:
+    """The server's file system for a protocol (uncached listings: a step sees what another
+    process just published; TensorFlow's S3 variables honoured), with a pipeline's error."""
     try:
-        import fsspec
-
-        # s3fs caches listings: a step would not see the objects another process just published
-        return fsspec.filesystem(protocol, use_listings_cache=False, skip_instance_cache=True)
-    except (ImportError, ValueError) as e:
-        extra = " (pip install 'tfprod[s3]')" if protocol in ("s3", "s3a") else ""
-        raise PipelineError(f"cannot use {protocol}:// URIs: {e}{extra}") from None
+        return remote_filesystem(protocol)
+    except ServingError as e:
+        raise PipelineError(e.message) from None
 
 
 def fs_of(uri: str) -> Any:
