@@ -104,6 +104,23 @@ def chromium() -> Iterator:  # type: ignore[type-arg]
         browser.close()
 
 
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "build", "tools")  # downloaded once, kept across runs
+
+
+def npm_package(spec: str, name: str) -> str:
+    """The npm prefix (build/tools/npm) holding package `name`, installed from `spec` (e.g.
+    "axe-core@4.14.1") on first use: tests use npm's packages, never copies of them."""
+    import shutil
+
+    assert shutil.which("npm"), "make test installs nodejs and npm"
+    prefix = os.path.join(TOOLS, "npm")
+    package = os.path.join(prefix, "node_modules", *name.split("/"))
+    if not os.path.isdir(package):
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", prefix, spec],
+                       check=True, timeout=600)
+    return prefix
+
+
 def artifact_path(name: str) -> str:
     """Where a test leaves what a person should look at (screenshots): $TFPROD_TEST_ARTIFACTS or
     build/test-artifacts."""

@@ -24,6 +24,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import npm_package
 
 from tfprod.cli import serve_parser
 
@@ -155,12 +156,8 @@ def test_the_chart_renders_and_validates_strictly(helm: str, tmp_path, name: str
 
 def _validate_service_monitors(monitors: list[dict[str, Any]], tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Against prometheus-operator's CRD schema, in Node (the npm package validates with it)."""
-    assert monitors and shutil.which("node") and shutil.which("npm"), "make test installs nodejs and npm"
-    prefix = os.path.join(TOOLS, "npm")
-    package = os.path.join(prefix, "node_modules", "@kubernetes-models", "prometheus-operator")
-    if not os.path.isdir(package):
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", prefix,
-                        SERVICE_MONITOR_SCHEMA], check=True, timeout=600)
+    assert monitors and shutil.which("node"), "make test installs nodejs and npm"
+    prefix = npm_package(SERVICE_MONITOR_SCHEMA, "@kubernetes-models/prometheus-operator")
     script = tmp_path / "validate.mjs"
     module = "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor"
     script.write_text(

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
-from conftest import ServerProcess
+from conftest import ServerProcess, artifact_path
 
 from tfprod.pipeline import Evaluator, Pipeline, PipelineError, Pusher, RunContext, runner
 from tfprod.pipeline import examples as ex
@@ -115,6 +115,30 @@ def test_spans_push_v1_stop_the_drift_and_bless_v2_against_v1(credit: dict[str, 
     assert audit["pipeline"]["run_id"] == third.run_id and audit["training_data_sha256"] == v2["data"]["fingerprint"]
     assert audit["owner"] == "credit-risk" and "eval_accuracy" in audit["metrics"]
     assert os.path.isfile(os.path.join(credit["serving"], "2", "assets.extra", "tf_serving_warmup_requests"))
+
+
+def test_the_console_shows_where_a_pushed_version_came_from(credit: dict[str, Any], chromium: Any) -> None:
+    """The console's lineage of version 2 is `tfprod lineage`'s, and its page shows the chain."""
+    server = credit["server"]
+    server.wait_until(lambda: 2 in _served(server), 60, "version 2 served")
+    expected = _lineage(credit["serving"], 2)
+    r = server.client.get("/ui/api/models/credit/versions/2/lineage")
+    assert r.status_code == 200, r.text
+    assert r.json() == expected
+    tab = chromium.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    try:
+        tab.goto(f"{server.url}/ui/")
+        tab.click("text=Lineage of credit 2")
+        tab.wait_for_selector("#lineage-body ol.chain")
+        shown = tab.inner_text("#lineage-body")
+        assert tab.evaluate("document.activeElement.id") == "lineage-h"  # a screen reader lands on the answer
+        for part in (f"span {expected['data']['span']}", str(expected["data"]["fingerprint"]),
+                     f"run {expected['training']['run_id']}", "blessed", expected["push"]["pushed_by"],
+                     expected["push"]["pushed_at"], "auc: {lower: 0.95}"):
+            assert part in shown, part
+        tab.screenshot(path=artifact_path("console-lineage.png"), full_page=True)
+    finally:
+        tab.context.close()
 
 
 def test_the_transform_graph_computes_the_training_time_features(credit: dict[str, Any]) -> None:

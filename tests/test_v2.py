@@ -893,6 +893,25 @@ def test_server_not_ready_while_a_configured_model_has_no_version(repo: Any, mod
     assert server.client.get("/v2/health/ready").status_code == 200
 
 
+def test_readiness_that_is_not_strict_ignores_a_model_without_a_version(
+        model_dir: str, start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """--strict_readiness=false (Triton's flag): a server that answers is ready, whatever its models
+    (a broken model added to a shared config must not take every replica out of a Service); the
+    model itself still says it is not ready. (And --enable_console=false leaves no console.)"""
+    cfg = tmp_path_factory.mktemp("lenient") / "models.config"
+    ghost = tmp_path_factory.mktemp("ghost")
+    cfg.write_text(config_text(model_dir, ("half_plus_two",)).replace(
+        "\n}\n", f'\n  config {{ name: "ghost" base_path: "{ghost}" model_platform: "tensorflow" }}\n}}\n'))
+    server = start_server([f"--model_config_file={cfg}", "--strict_readiness=false", "--enable_console=false"])
+    assert server.client.get("/readyz").json() == {"status": "ready"}
+    for path in ("/ui/", "/ui/api/models", "/ui/console/console.js"):  # the console is off
+        assert server.client.get(path).status_code == 404, path
+    assert server.client.get("/v2/health/ready").status_code == 200
+    assert server.client.get("/v2/models/ghost/ready").status_code == 400
+    assert server.client.get("/v2/models/half_plus_two/ready").status_code == 200
+    server.stop()
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_load_with_config_override_is_refused(repo: Any, transport: str) -> None:
     """tritonclient can send a config override or model files with a load; models come from the model

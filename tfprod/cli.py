@@ -137,6 +137,10 @@ def serve_parser() -> argparse.ArgumentParser:
                                "limits, request bounds, signed models, the graph scan and TLS on both ports "
                                "(tfprod; docs/security.md). Re-read when it changes, except [tls]")
 
+    _add_bool(p.add_argument_group("readiness"), "strict_readiness", True,
+              "/readyz, V2 and gRPC readiness answer ready only while every configured model has an AVAILABLE "
+              "version; false: ready once the startup config is loaded, so a model added later that fails "
+              "to load does not take every replica out of a Service (tfprod, as Triton's --strict-readiness)")
     server_group = p.add_argument_group("shutdown")
     server_group.add_argument("--drain_seconds", type=float, default=30.0,
                               help="after SIGTERM, how long requests in flight may take to finish, on both ports "
@@ -146,6 +150,8 @@ def serve_parser() -> argparse.ArgumentParser:
     observe.add_argument("--log_format", choices=("text", "json"), default="text",
                          help="json: one JSON object per line (time, level, logger, message, model, version, "
                               "request_id) for a cluster's log collector (tfprod; default: text)")
+    _add_bool(observe, "enable_console", True, "the web console at /ui/ on the REST port: models, versions, "
+              "rollouts, live metrics, lineage (tfprod; docs/console.md)")
     _add_bool(observe, "access_log", False, "log one line per request, REST and gRPC (tfprod)")
     observe.add_argument("--monitoring_config_file", default="",
                          help="MonitoringConfig text proto; prometheus_config { enable: true } "
@@ -256,6 +262,8 @@ def _serve(argv: Sequence[str]) -> int:
             load_retry_interval_micros=args.load_retry_interval_micros,
             saved_model_tags=tags,
             allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+            strict_readiness=args.strict_readiness,
+            enable_console=args.enable_console,
             enable_signature_method_name_check=args.enable_signature_method_name_check,
             batching=batching,
             enable_model_warmup=args.enable_model_warmup,

@@ -70,8 +70,8 @@ _BATCH_HISTOGRAMS = {  # name -> (help, buckets)
 }
 
 
-_COUNTERS = ("_requests", "_loads", "_wrapped_runs", "_refusals")
-_HISTOGRAMS = ("_latency", "_batching", "_warmup")
+_COUNTERS = ("_requests", "_loads", "_wrapped_runs", "_refusals", "_version_requests")
+_HISTOGRAMS = ("_latency", "_batching", "_warmup", "_version_latency")
 
 
 class ServingMetrics(Collector):
@@ -88,12 +88,22 @@ class ServingMetrics(Collector):
         self._warmup: dict[str, Histogram] = defaultdict(Histogram)
         self._wrapped_runs: dict[str, int] = defaultdict(int)
         self._refusals: dict[tuple[str, str], int] = defaultdict(int)
+        # per version, for the console only (TF Serving's series carry no version label)
+        self._version_requests: dict[tuple[str, int, str], int] = defaultdict(int)
+        self._version_latency: dict[tuple[str, int], Histogram] = defaultdict(Histogram)
 
     def record_request(self, model: str, status: str, api: str, entrypoint: str, seconds: float) -> None:
         with self._lock:
             self._requests[(model, status)] += 1
             if status == "OK":  # TF Serving records latency of successful requests only
                 self._latency[(model, api, entrypoint)].observe(seconds * 1e6)
+
+    def record_version(self, model: str, version: int, status: str, seconds: float) -> None:
+        """A model call on one version (its time in the model, decoding and encoding aside)."""
+        with self._lock:
+            self._version_requests[(model, version, status)] += 1
+            if status == "OK":
+                self._version_latency[(model, version)].observe(seconds * 1e6)
 
     def record_state(self, sid: ServableId, state: State, error: ServingError | None) -> None:
         with self._lock:
@@ -129,6 +139,36 @@ class ServingMetrics(Collector):
         with self._lock:
             return {name: copy.deepcopy(dict(getattr(self, name))) for name in (*_COUNTERS, *_HISTOGRAMS, "_states")}
 
+    def console(self) -> dict[str, Any]:
+        """Every model's cumulative counts and histograms as JSON-ready data, for the console
+        (tfprod/console), which draws rates and quantiles from the difference of two reads."""
+        with self._lock:
+            models: dict[str, dict[str, Any]] = {}
+
+            def model(name: str) -> dict[str, Any]:
+                return models.setdefault(name, {"requests": {}, "latency_us": _empty(LATENCY_BUCKETS_US),
+                                                "versions": {}, "batching": {}})
+
+            for (name, status), n in self._requests.items():
+                if name:
+                    model(name)["requests"][status] = n
+            for (name, _, _), h in self._latency.items():
+                if name:
+                    _add(model(name)["latency_us"], h)
+            for (name, version, status), n in self._version_requests.items():
+                v = model(name)["versions"].setdefault(str(version), {"requests": {},
+                                                                      "latency_us": _empty(LATENCY_BUCKETS_US)})
+                v["requests"][status] = n
+            for (name, version), h in self._version_latency.items():
+                v = model(name)["versions"].setdefault(str(version), {"requests": {},
+                                                                      "latency_us": _empty(LATENCY_BUCKETS_US)})
+                _add(v["latency_us"], h)
+            for (kind, name), h in self._batching.items():
+                if kind in ("queuing_latency", "input_batch_size"):
+                    model(name)["batching"][kind] = {"bounds": list(h.bounds), "counts": list(h.counts),
+                                                     "sum": h.total}
+            return models
+
     @classmethod
     def merged(cls, snapshots: Sequence[dict[str, dict[Any, Any]]]) -> ServingMetrics:
         """Counters and histograms summed; a version's state as the pool's (see merge_statuses)."""
@@ -136,11 +176,11 @@ class ServingMetrics(Collector):
         for snap in snapshots:
             for name in _COUNTERS:
                 counts = getattr(out, name)
-                for key, n in snap[name].items():
+                for key, n in snap.get(name, {}).items():
                     counts[key] += n
             for name in _HISTOGRAMS:
                 histograms = getattr(out, name)
-                for key, h in snap[name].items():
+                for key, h in snap.get(name, {}).items():
                     if key in histograms:
                         histograms[key].add(h)
                     else:
@@ -202,6 +242,15 @@ class ServingMetrics(Collector):
         for (model, reason), n in refusals.items():
             refused.add_sample(REFUSALS, {"model_name": model, "reason": reason}, n)
         yield refused
+
+
+def _empty(bounds: tuple[float, ...]) -> dict[str, Any]:
+    return {"bounds": list(bounds), "counts": [0] * (len(bounds) + 1), "sum": 0.0}
+
+
+def _add(into: dict[str, Any], h: Histogram) -> None:
+    into["counts"] = [a + b for a, b in zip(into["counts"], h.counts, strict=True)]
+    into["sum"] += h.total
 
 
 def _bound(value: float) -> str:

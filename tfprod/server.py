@@ -30,6 +30,7 @@ from tfprod.api.rest import RestApi, RestOptions
 from tfprod.api.v2 import V2Models, V2Servicer
 from tfprod.batching import BatchingOptions
 from tfprod.config.model_config import ConfigError, ModelConfig, SslOptions
+from tfprod.console.routes import Console
 from tfprod.core.manager import Manager, ManagerOptions, ServableId
 from tfprod.core.source import FileSystemSource, SourceOptions
 from tfprod.core.states import State
@@ -66,6 +67,8 @@ class ServerOptions:
     load_retry_interval_micros: int = 60_000_000
     saved_model_tags: frozenset[str] = frozenset({"serve"})
     allow_version_labels_for_unavailable_models: bool = False
+    strict_readiness: bool = True  # ready only while every configured model has an AVAILABLE version
+    enable_console: bool = True  # the web console at /ui/ on the REST port
     enable_signature_method_name_check: bool = False
     batching: BatchingOptions | None = None
     per_model_batching: bool = False
@@ -272,7 +275,7 @@ def run(options: ServerOptions) -> None:
                               SourceOptions(poll_wait_s=options.file_system_poll_wait_seconds,
                                             remote_poll_wait_s=options.remote_poll_wait_seconds,
                                             cache_dir=options.model_cache_dir))
-    core = ServerCore(manager, source, options.allow_version_labels_for_unavailable_models)
+    core = ServerCore(manager, source, options.allow_version_labels_for_unavailable_models, options.strict_readiness)
     limits = options.security.limits
     # Unbatched model calls hold one of these threads while TensorFlow runs; batched ones hold none
     # (their callers await the batch on the loop, and the batcher has its own threads).
@@ -284,7 +287,7 @@ def run(options: ServerOptions) -> None:
         registry.register(rollouts)
     service = Service(manager, options.enable_signature_method_name_check,
                       InputBounds(limits.max_tensor_elements, limits.max_batch_rows), model_pool, core.statuses_of,
-                      rollouts)
+                      rollouts, metrics.record_version)
     v2models = V2Models(service, core)
     pool = Pool(options.worker, core.pool_handlers()) if options.worker is not None else None
 
@@ -298,16 +301,22 @@ def run(options: ServerOptions) -> None:
     if pool is not None:
         pool.handlers["metrics"] = reported
 
+    def pool_metrics() -> ServingMetrics:
+        assert pool is not None
+        live = [reported(), *pool.gather("metrics")]
+        gone = pool.saved_metrics({pid for pid, _ in live})  # replaced workers keep counting: no counter drops
+        return ServingMetrics.merged([s for _, s in live] + [{**s, "_states": {}} for s in gone])
+
     def exposition() -> bytes:
         if pool is None:
             return generate_latest(registry)
-        live = [reported(), *pool.gather("metrics")]
-        gone = pool.saved_metrics({pid for pid, _ in live})  # replaced workers keep counting: no counter drops
         merged = CollectorRegistry(auto_describe=True)
-        merged.register(ServingMetrics.merged([s for _, s in live] + [{**s, "_states": {}} for s in gone]))
+        merged.register(pool_metrics())
         return generate_latest(merged)
 
-    app = RestApi(service, core, v2models, metrics, exposition, options.rest, guard, rollouts) \
+    console = Console(service, core, guard, metrics.console if pool is None else lambda: pool_metrics().console()) \
+        if options.enable_console else None
+    app = RestApi(service, core, v2models, metrics, exposition, options.rest, guard, rollouts, console) \
         if options.rest_api_port else None
     grpc_pool = concurrent.futures.ThreadPoolExecutor(options.grpc.max_threads, thread_name_prefix="tfprod-grpc")
     grpc_server = None

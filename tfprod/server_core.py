@@ -36,8 +36,10 @@ class ServerCore:
         manager: Manager[Servable],
         source: FileSystemSource,
         allow_labels_for_unavailable: bool,
+        strict_readiness: bool = True,
     ) -> None:
         self._manager = manager
+        self._strict = strict_readiness  # --strict_readiness
         self._source = source
         self._allow_unavailable = allow_labels_for_unavailable
         self._lock = threading.RLock()
@@ -256,7 +258,11 @@ class ServerCore:
         return True
 
     def not_ready(self) -> list[str]:
-        """Configured models with no AVAILABLE version yet (in some worker of a pool)."""
+        """Configured models with no AVAILABLE version yet (in some worker of a pool); none when
+        readiness is not strict (the ports open only once the startup config was loaded, so a
+        server that answers is ready)."""
+        if not self._strict:
+            return []
         waiting = self._not_ready_here()
         if self._pool is not None:
             for theirs in self._pool.gather("not_ready"):

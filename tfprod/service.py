@@ -107,8 +107,10 @@ class Service:
     def __init__(self, manager: Manager[Servable], check_method_names: bool = False,
                  bounds: InputBounds = InputBounds(), executor: concurrent.futures.Executor | None = None,
                  statuses_of: Callable[[Sequence[str]], dict[str, list[VersionStatus]]] | None = None,
-                 rollouts: Rollouts | None = None) -> None:
+                 rollouts: Rollouts | None = None,
+                 on_answer: Callable[[str, int, str, float], None] | None = None) -> None:
         self._manager = manager
+        self._on_answer = on_answer  # (model, version, status, seconds) of each model call: the console's numbers
         self._rollouts = rollouts
         # ServerCore.statuses_of: the pool's, in a pool of workers
         self._statuses_of = statuses_of or (lambda names: {n: manager.status(n) for n in names})
@@ -200,7 +202,21 @@ class Service:
             choice = self._rollouts.choose(spec.name, routed.key_of)
         if choice is None:
             with self._manager.handle(spec.name, spec.version, spec.label) as (version, servable):
-                return version, await run(servable)
+                if self._on_answer is None:
+                    return version, await run(servable)
+                started, status = time.perf_counter(), Code.INTERNAL.name
+                try:
+                    result = await run(servable)
+                    status = Code.OK.name
+                    return version, result
+                except ServingError as e:
+                    status = e.code.name
+                    raise
+                except asyncio.CancelledError:
+                    status = Code.CANCELLED.name
+                    raise
+                finally:
+                    self._on_answer(spec.name, version, status, time.perf_counter() - started)
         rollouts, started, status = self._rollouts, time.perf_counter(), Code.INTERNAL.name
         outputs: Mapping[str, np.ndarray] | None = None
         assert rollouts is not None and routed is not None
@@ -218,7 +234,10 @@ class Service:
             status = Code.CANCELLED.name
             raise
         finally:
-            rollouts.record(choice, status, time.perf_counter() - started, outputs)
+            seconds = time.perf_counter() - started
+            rollouts.record(choice, status, seconds, outputs)
+            if self._on_answer is not None:
+                self._on_answer(spec.name, choice.version, status, seconds)
         routed.arm, routed.version = choice.arm, version
         if choice.shadow_version is not None:
             routed.shadow = lambda: self._shadow(choice, run, outputs_of, outputs)

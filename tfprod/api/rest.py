@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from tfprod.api.ui import UiRoutes
 from tfprod.api.v2 import V2Models, refuse_overrides
 from tfprod.codec import example, json_tensor, messages, v2
+from tfprod.console.routes import Console
 from tfprod.core import logs
 from tfprod.core.manager import VersionStatus
 from tfprod.errors import Code, ServingError, invalid
@@ -119,8 +120,10 @@ class RestApi:
         options: RestOptions,
         guard: Guard,
         rollouts: Rollouts | None = None,
+        console: Console | None = None,
     ) -> None:
         self._service = service
+        self._console = console  # None: --enable_console=false
         self._rollouts = rollouts
         self._core = core
         self._v2 = v2models
@@ -154,7 +157,7 @@ class RestApi:
             response = await self._answer(request, self._route_v2)
             if self._options.enable_cors:
                 response.headers.update(_CORS)
-        elif path.startswith("/ui/"):
+        elif path.startswith("/ui/") or path == "/ui":
             response = await self._answer(request, self._route_ui)
         elif path == "/healthz":
             response = _json_response(200, {"status": "alive"})
@@ -191,6 +194,9 @@ class RestApi:
         raise invalid(f"Malformed request: {method} {path}")
 
     def _route_ui(self, request: Request, path: str) -> Route:
+        if self._console is not None and (route := self._console.route(
+                request.method, path, request.headers.get("if-none-match"))) is not None:
+            return route
         return self._ui.route(request.method, path, request.headers.get("if-none-match"))
 
     def _route_v2(self, request: Request, path: str) -> Route:

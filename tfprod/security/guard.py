@@ -41,6 +41,7 @@ ACTION_OF_API = {
     "ModelReady": "read", "RepositoryIndex": "read", "BrowserPage": "read", "ModelFiles": "read", "StaticFiles": "read",
     "HandleReloadConfigRequest": "admin", "RepositoryModelLoad": "admin", "RepositoryModelUnload": "admin",
     "ListRollouts": "read", "GetRollout": "read", "UpdateRollout": "admin",
+    "ConsoleModels": "read", "ConsoleMetrics": "read", "GetLineage": "read",  # the console's page and files are open
 }
 
 
