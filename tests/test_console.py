@@ -6,18 +6,23 @@ build/test-artifacts."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import textwrap
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import saved_models
 import tensorflow as tf
-from conftest import ServerProcess, artifact_path, npm_package
+from conftest import ServerProcess, artifact_path, free_port, npm_package
 
 from tfprod.edge import tfjs
 
@@ -245,6 +250,52 @@ def test_the_console_is_usable_from_the_keyboard_and_by_a_screen_reader(served: 
         _until(tab, "document.querySelector('#rollouts h3').textContent.includes('progressing')")
     finally:
         tab.context.close()
+
+
+def test_make_demo_prints_the_console_and_it_shows_the_demo_model_live(chromium: Any, tmp_path: Any) -> None:
+    """`tfprod demo` (what `make demo` runs): the printed console URL shows digits, its requests live."""
+    rest, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tfprod", "demo", "--base_path", str(tmp_path / "digits"),
+                             f"--rest_api_port={rest}", f"--port={grpc_port}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    tab = None
+    client = httpx.Client(base_url=f"http://127.0.0.1:{rest}", timeout=10)
+    try:
+        printed: list[str] = []
+        assert proc.stdout is not None
+        while not any("/ui/" in line for line in printed):  # the console's URL comes before the server starts
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(printed)
+            printed.append(line)
+        url = next(line.split()[0] for line in printed if "/ui/" in line)
+        assert url == f"http://localhost:{rest}/ui/"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(printed)
+            time.sleep(0.2)
+        tab = chromium.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True).new_page()
+        tab.goto(url.replace("localhost", "127.0.0.1") + "?refresh=0.5")
+        tab.wait_for_selector('#models article[data-model="digits"]')
+        request = (tmp_path / "digits" / "request.json").read_bytes()  # the printed curl line's request
+        for _ in range(5):
+            assert client.post("/v1/models/digits:predict", content=request).status_code == 200
+        _until(tab, "tfprodConsole.totals.digits && tfprodConsole.totals.digits.versions['1'] >= 5")
+        assert "AVAILABLE" in tab.inner_text('#models article[data-model="digits"]')
+        tab.screenshot(path=artifact_path("console-demo.png"), full_page=True)
+    finally:
+        if tab is not None:
+            tab.context.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        client.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_the_json_behind_the_console_needs_the_read_scope(served: ServerProcess) -> None:

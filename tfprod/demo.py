@@ -63,16 +63,19 @@ def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="tfprod demo", description=__doc__)
     p.add_argument("--base_path", default="models/digits", help="where to export (default: models/digits)")
     p.add_argument("--rest_api_port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8500, help="the gRPC port (default: 8500)")
     p.add_argument("--no_serve", action="store_true", help="export only, do not start the server")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     request, accuracy = train_and_export(args.base_path)
-    print(f"\nExported {args.base_path}/1 (test accuracy {accuracy:.3f}). Once the server says it is running, try:\n")
+    print(f"\nExported {args.base_path}/1 (test accuracy {accuracy:.3f}). Once the server says it is running, "
+          "open the console at\n")
+    print(f"  http://localhost:{args.rest_api_port}/ui/   # models, versions, live metrics\n\nand try:\n")
     print(f"  curl -s -d @{request} http://localhost:{args.rest_api_port}/v1/models/digits:predict\n")
     print(f"  curl -s http://localhost:{args.rest_api_port}/v1/models/digits/metadata\n")
     print(f"  curl -s http://localhost:{args.rest_api_port}/v2/models/digits      # the same model over KServe V2\n")
-    print("gRPC (TF Serving's PredictionService and V2's GRPCInferenceService) listens on localhost:8500.\n")
+    print(f"gRPC (TF Serving's PredictionService and V2's GRPCInferenceService) listens on localhost:{args.port}.\n")
     print("What TFLite quantization does to this model (sizes, speed, accuracy, verdicts):\n")
     print(f"  tfprod convert {args.base_path}/1 --quantize dynamic,float16,int8 --representative "
           f"{args.base_path}/calibration.npy --eval {args.base_path}/test_x.npy --labels {args.base_path}/test_y.npy "
@@ -86,7 +89,8 @@ def main(argv: Sequence[str]) -> int:
     from tfprod.cli import main as cli
 
     return cli(["serve", "--model_name=digits", f"--model_base_path={args.base_path}",
-                f"--rest_api_port={args.rest_api_port}", "--port=8500", "--host=127.0.0.1"])  # this machine only
+                f"--rest_api_port={args.rest_api_port}", f"--port={args.port}",
+                "--host=127.0.0.1"])  # this machine only
 
 
 if __name__ == "__main__":

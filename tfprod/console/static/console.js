@@ -160,7 +160,11 @@ function chart(model, kind, title, series, data) {
     document.getElementById(`chart-${kind}-${model}`).replaceChildren(figure);
     c = state.charts[id] = new uPlot({ width: 440, height: 180, title, series: [{}, ...series.map((s, i) =>
       ({ label: s, stroke: ["#0550ae", "#bf3989", "#1a7f37", "#9a6700", "#8250df"][i % 5], width: 2 }))],
-    axes: [{}, { size: 60 }], scales: { x: { time: true } } }, data, holder);
+    axes: [{}, { size: 60 }], // at least a minute across, so a few points do not spread over years
+    scales: { x: { time: true, range: (u) => {
+      const t = u.data[0], last = t[t.length - 1];
+      return [Math.min(t[0], last - 60), last];
+    } } } }, data, holder);
     c.seriesNames = series.join("|");
   } else if (c.seriesNames !== series.join("|")) { // a version came or went: draw it anew
     const figure = c.root.closest("figure");
