@@ -28,6 +28,7 @@ from tfprod.edge import tfjs
 
 KEYS = {"reader": ["read:*", "predict:*"], "operator": ["read:*", "admin"], "hpt_only": ["read:hpt"]}
 AXE = "axe-core@4.14.1"
+UPLOT = "uplot@1.6.32"  # the version vendored in tfprod/console/static/vendor
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +60,14 @@ def served(model_dir: str, start_server: Any, tmp_path_factory: pytest.TempPathF
         [models.hpt.analysis]
         interval_s = 3600
         """))
+    (root / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }')
     (root / "security.toml").write_text("".join(
         f'[[auth.api_keys]]\nname = "{name}"\nsha256 = "{hashlib.sha256(name.encode()).hexdigest()}"\n'
         f"scopes = {json.dumps(scopes)}\n" for name, scopes in KEYS.items()))
     return start_server([f"--model_config_file={root / 'models.config'}",
                          f"--rollout_config_file={root / 'rollout.toml'}",
                          f"--security_config_file={root / 'security.toml'}", "--enable_batching",
+                         f"--monitoring_config_file={root / 'monitoring.config'}",
                          "--strict_readiness=false", "--max_num_load_retries=0"])
 
 
@@ -136,8 +139,9 @@ def test_models_section_shows_what_the_json_apis_say(served: ServerProcess, chro
         assert digits_rows.nth(1).locator("td").nth(3).inner_text() == "TFLite, TF.js"
         assert tab.locator('#models article[data-model="digits"] a', has_text="In the browser").get_attribute(
             "href") == "/ui/models/digits/versions/1/browser"
-        assert "all" in tab.inner_text('#models article[data-model="digits"] dl')
-        assert "specific [1, 2]" in tab.inner_text('#models article[data-model="hpt"] dl')
+        policy = 'dt:text("Version policy") + dd'
+        assert tab.inner_text(f'#models article[data-model="digits"] {policy}') == "all"
+        assert tab.inner_text(f'#models article[data-model="hpt"] {policy}') == "specific [1, 2]"
         # signatures as the metadata API has them
         meta = _get(served, "/v1/models/digits/versions/1/metadata")["metadata"]["signature_def"]["signature_def"]
         tab.click('#models article[data-model="digits"] summary')
@@ -175,9 +179,8 @@ def test_live_metrics_move_as_requests_arrive(served: ServerProcess, chromium: A
             assert shown[name]["versions"] == {v: sum(d["requests"].values())
                                                for v, d in served_metrics[name]["versions"].items()}
         # TF Serving's own counter says the same (the console reads no Prometheus, but must agree)
-        exposition = served.client.get("/monitoring/prometheus/metrics")
-        if exposition.status_code == 200:
-            assert f'model_name="hpt",status="OK"}} {served_metrics["hpt"]["requests"]["OK"]}' in exposition.text
+        exposition = served.client.get("/metrics")
+        assert f'model_name="hpt",status="OK"}} {served_metrics["hpt"]["requests"]["OK"]}' in exposition.text
         routed = shown["hpt"]["versions"]
         assert set(routed) == {"1", "2"} and sum(routed.values()) == shown["hpt"]["total"]  # both arms took traffic
         history = tab.evaluate("tfprodConsole.history.hpt")
@@ -214,6 +217,17 @@ def test_rollout_buttons_act_for_an_admin_only(served: ServerProcess, chromium: 
         tab.click("text=Resume hpt")
         _until(tab, "document.querySelector('#rollouts h3').textContent.includes('progressing')")
         assert _get(served, "/v1/rollouts")["rollouts"][0]["state"] == "progressing"
+        assert tab.locator("text=Resume hpt").is_disabled() and not tab.locator("text=Pause hpt").is_disabled()
+        tab.once("dialog", lambda dialog: dialog.dismiss())  # asked first; "no" leaves it alone
+        tab.click("text=Abort hpt")
+        assert _get(served, "/v1/rollouts")["rollouts"][0]["state"] == "progressing"
+        tab.once("dialog", lambda dialog: dialog.accept())
+        tab.click("text=Abort hpt")
+        _until(tab, "document.querySelector('#rollouts h3').textContent.includes('aborted')")
+        assert _get(served, "/v1/rollouts")["rollouts"][0]["weight"] == 0
+        tab.click("text=Resume hpt")  # restarts at the first step
+        _until(tab, "document.querySelector('#rollouts h3').textContent.includes('progressing')")
+        assert _get(served, "/v1/rollouts")["rollouts"][0]["weight"] == 30
         assert tab.errors == []
     finally:
         tab.context.close()
@@ -240,12 +254,11 @@ def test_the_console_is_usable_from_the_keyboard_and_by_a_screen_reader(served: 
         assert tab.evaluate("document.activeElement.id") == "main"
         headings = tab.locator("h2").all_inner_texts()
         assert headings == ["Models", "Live metrics", "Rollouts", "Lineage"]
-        tab.focus("text=Pause hpt")
         _use_key(tab, "operator")
         tab.focus("text=Pause hpt")
         tab.keyboard.press("Enter")
         _until(tab, "document.querySelector('#rollouts h3').textContent.includes('paused')")
-        tab.focus("text=Resume hpt")
+        assert tab.evaluate("document.activeElement.textContent") == "Resume hpt"  # focus moved on, not lost
         tab.keyboard.press("Enter")
         _until(tab, "document.querySelector('#rollouts h3').textContent.includes('progressing')")
     finally:
@@ -302,11 +315,15 @@ def test_the_json_behind_the_console_needs_the_read_scope(served: ServerProcess)
     assert served.client.get("/ui/").status_code == 200  # the page itself holds no data
     assert "default-src 'self'" in served.client.get("/ui/").headers["content-security-policy"]
     assert served.client.get("/ui/console/vendor/LICENSE").text.startswith("The MIT License")
-    assert served.client.get("/ui/console/../routes.py").status_code == 404
+    for path in ("/ui/console/%2e%2e/routes.py", "/ui/console/vendor%2f..%2f..%2froutes.py", "/ui/console/"):
+        assert served.client.get(path).status_code == 404, path
+    assert served.client.post("/ui/api/models", headers={"X-API-Key": "reader"}).status_code == 404
     for path in ("/ui/api/models", "/ui/api/metrics"):
         assert served.client.get(path).status_code == 401
         refused = served.client.get(path, headers={"X-API-Key": "hpt_only"})
         assert refused.status_code == 403 and "read:*" in refused.text  # every model's data: a server-wide scope
+    other = served.client.get("/ui/api/models/digits/versions/1/lineage", headers={"X-API-Key": "hpt_only"})
+    assert other.status_code == 403  # another model's lineage
     missing = served.client.get("/ui/api/models/hpt/versions/1/lineage", headers={"X-API-Key": "hpt_only"})
     assert missing.status_code == 404 and "not pushed by a tfprod pipeline" in missing.text
     assert served.client.get("/ui/api/nothing", headers={"X-API-Key": "reader"}).status_code == 404
@@ -325,6 +342,12 @@ def test_console_files_ship_with_the_package() -> None:
     shipped = {os.path.relpath(p, routes.STATIC_DIR) for pattern in patterns
                for p in glob.glob(os.path.join(package, pattern))}
     assert {"index.html", *routes._FILES} <= shipped
+    uplot = os.path.join(npm_package(UPLOT, "uplot"), "node_modules", "uplot")
+    for shipped_name, npm_name in (("uPlot.iife.min.js", "dist/uPlot.iife.min.js"),
+                                   ("uPlot.min.css", "dist/uPlot.min.css"), ("LICENSE", "LICENSE")):
+        with open(os.path.join(routes.STATIC_DIR, "vendor", shipped_name), "rb") as a, \
+                open(os.path.join(uplot, npm_name), "rb") as b:
+            assert a.read() == b.read(), f"vendor/{shipped_name} is not npm {UPLOT}'s {npm_name}"
     for name in ("index.html", "console.js", "console.css"):
         with open(os.path.join(routes.STATIC_DIR, name)) as f:
             text = f.read()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -20,6 +21,7 @@ from tfprod.pipeline import Evaluator, Pipeline, PipelineError, Pusher, RunConte
 from tfprod.pipeline import examples as ex
 from tfprod.pipeline.cli import load
 from tfprod.pipeline.components import _user, transformc
+from tfprod.pipeline.lineage import chain
 from tfprod.pipeline.store import Artifact, MetadataStore
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "credit")
@@ -125,6 +127,9 @@ def test_the_console_shows_where_a_pushed_version_came_from(credit: dict[str, An
     r = server.client.get("/ui/api/models/credit/versions/2/lineage")
     assert r.status_code == 200, r.text
     assert r.json() == expected
+    copy = credit["work"] / "elsewhere" / "2"  # a server's cache of object storage: the same push
+    shutil.copytree(os.path.join(credit["serving"], "2"), copy)
+    assert chain(str(copy))["push"] == expected["push"]
     tab = chromium.new_context(viewport={"width": 1280, "height": 900}).new_page()
     try:
         tab.goto(f"{server.url}/ui/")

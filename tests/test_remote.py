@@ -1,10 +1,15 @@
 """Base paths in object storage: a real S3 endpoint (moto's server on loopback) and real
-`tfprod serve` processes reading `s3://` base paths through TensorFlow's S3 variables."""
+`tfprod serve` processes reading `s3://` base paths through TensorFlow's S3 variables; a real GCS
+JSON API (gcp-storage-emulator on loopback) read by a `tfprod serve` given `gs://` base paths and
+`STORAGE_EMULATOR_HOST`, as gcsfs reads it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -145,6 +150,82 @@ def test_s3_deleted_version_bucket_down_and_wrong_credentials(s3, start_server, 
         assert "check the credentials" in denied.log(), denied.log()[-2000:]
         denied.wait_until(lambda: denied.client.get("/readyz").status_code == 503, 30, "the ports")
         assert denied.client.get("/readyz").json()["waiting_for"] == ["hpt"]
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """gcp-storage-emulator (in memory) on a free loopback port, its bucket, and a gcsfs file system
+    on it; `tfprod serve` processes started meanwhile inherit `STORAGE_EMULATOR_HOST` and no Google
+    credentials (gcsfs then falls back to anonymous access: the emulator checks none)."""
+    import gcsfs.core
+    from conftest import free_port
+
+    port = free_port()
+    emulator = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                                 f"--port={port}", "--in-memory", "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert emulator.poll() is None, f"gcp-storage-emulator exited with {emulator.returncode}"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "gcp-storage-emulator did not listen"
+            time.sleep(0.1)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+            patch.setenv("NO_GCE_CHECK", "true")  # no metadata-server probe (google-auth, gcsfs)
+            patch.setenv("CLOUDSDK_CONFIG", str(tmp_path_factory.mktemp("gcloud")))  # no gcloud credentials
+            patch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+            # the uploader: gcsfs's JSON-API file system (gcsfs.GCSFileSystem, its HNS/zonal subclass, asks a
+            # gRPC control API for each bucket's layout first: with anonymous credentials against the emulator's
+            # plain-HTTP port that is a TLS handshake retried for 60 s per call)
+            fs = gcsfs.core.GCSFileSystem(token="anon", endpoint_url=f"http://127.0.0.1:{port}",
+                                          skip_instance_cache=True, use_listings_cache=False)
+            fs.mkdir(BUCKET)
+            yield fs
+    finally:
+        emulator.kill()
+        emulator.wait()
+
+
+def test_a_gs_base_path_serves_hot_updates_and_unloads_a_deleted_version(  # type: ignore[no-untyped-def]
+        gcs, start_server, tmp_path) -> None:
+    def upload(local: str, prefix: str) -> None:  # file by file, the graph last (as a copy tool may)
+        files = sorted(os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs)
+        for name in sorted(files, key=lambda f: f == "saved_model.pb"):
+            gcs.put_file(os.path.join(local, name), f"{BUCKET}/{prefix}/{name}")
+
+    def answer(local: str) -> list[float]:  # TensorFlow's own
+        predict = tf.saved_model.load(local).signatures["serving_default"]
+        return predict(x=tf.constant([3.0, -1.0]))["y"].numpy().tolist()
+
+    def state(version: int) -> str:
+        statuses = server.client.get("/v1/models/hpt").json()["model_version_status"]
+        return next((s["state"] for s in statuses if s["version"] == str(version)), "")
+    v1, v2 = str(tmp_path / "v1"), str(tmp_path / "v2")
+    saved_models.half_plus_two(v1)
+    saved_models.half_plus_two(v2, a=2.0, b=1.0)
+    upload(v1, "models/hpt/1")
+    cache = tmp_path / "cache"
+    server = start_server(["--model_name=hpt", f"--model_base_path=gs://{BUCKET}/models/hpt",
+                           "--file_system_poll_wait_seconds=1", f"--model_cache_dir={cache}"])
+    assert _y(server, [3.0, -1.0]) == pytest.approx(answer(v1)) == [3.5, 1.5]
+    # version 2 is picked up by the poll once its listing holds still, and version 1 goes
+    started = time.monotonic()
+    upload(v2, "models/hpt/2")
+    server.wait_until(lambda: state(2) == "AVAILABLE", 30, "version 2 from GCS")
+    seen_after_s = time.monotonic() - started
+    assert _y(server, [3.0, -1.0]) == pytest.approx(answer(v2)) == [7.0, -1.0]
+    assert seen_after_s < 15, seen_after_s
+    server.wait_until(lambda: state(1) == "END", 15, "version 1 unloaded")
+    copies = [d for d in cache.iterdir() if d.name.startswith("gs-")]
+    assert len(copies) == 1 and (copies[0] / "2" / "saved_model.pb").is_file()
+    # version 2 deleted: it is unloaded and version 1, still listed, serves again
+    gcs.rm(f"{BUCKET}/models/hpt/2", recursive=True)
+    server.wait_until(lambda: state(2) == "END" and state(1) == "AVAILABLE", 15, "version 2 unloaded")
+    assert _y(server, [3.0, -1.0]) == pytest.approx(answer(v1))
+    assert "cannot" not in server.log(), server.log()[-2000:]
 
 
 def test_a_version_is_complete_with_its_graph_and_every_variables_shard() -> None:

@@ -34,6 +34,7 @@ VERSION_STATE = ":tfprod:serving:model_version_state"
 REFUSALS = ":tfprod:security:refusal_count"
 
 
+INFERENCE_APIS = frozenset({"Predict", "Classify", "Regress", "MultiInference", "ModelInfer"})
 BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(14))
 BATCHING = ":tensorflow:serving:batching_session:"
 
@@ -152,8 +153,8 @@ class ServingMetrics(Collector):
             for (name, status), n in self._requests.items():
                 if name:
                     model(name)["requests"][status] = n
-            for (name, _, _), h in self._latency.items():
-                if name:
+            for (name, api, _), h in self._latency.items():
+                if name and api in INFERENCE_APIS:  # not status, metadata or admin calls
                     _add(model(name)["latency_us"], h)
             for (name, version, status), n in self._version_requests.items():
                 v = model(name)["versions"].setdefault(str(version), {"requests": {},

@@ -14,6 +14,8 @@ import os
 import signal
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -314,8 +316,19 @@ def run(options: ServerOptions) -> None:
         merged.register(pool_metrics())
         return generate_latest(merged)
 
-    console = Console(service, core, guard, metrics.console if pool is None else lambda: pool_metrics().console()) \
-        if options.enable_console else None
+    merged_for_console: list[Any] = [-1.0, {}]  # (when, what): every open console page polls
+    console_lock = threading.Lock()
+
+    def console_metrics() -> dict[str, Any]:
+        """The console's numbers; a pool's gathered at most once a second, however many pages read them."""
+        if pool is None:
+            return metrics.console()
+        with console_lock:
+            if time.monotonic() - merged_for_console[0] >= 1.0:
+                merged_for_console[:] = [time.monotonic(), pool_metrics().console()]
+            return dict(merged_for_console[1])
+
+    console = Console(service, core, guard, console_metrics) if options.enable_console else None
     app = RestApi(service, core, v2models, metrics, exposition, options.rest, guard, rollouts, console) \
         if options.rest_api_port else None
     grpc_pool = concurrent.futures.ThreadPoolExecutor(options.grpc.max_threads, thread_name_prefix="tfprod-grpc")

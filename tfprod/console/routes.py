@@ -18,6 +18,7 @@ import functools
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
@@ -44,7 +45,8 @@ _LINEAGE = re.compile(r"/ui/api/models/([^/]+)/versions/(\d+)/lineage")
 Route = tuple[str, str, Callable[[bytes], Response]]
 # The page can run any script it loads; it loads only its own (no CDN, no inline script).
 _PAGE_HEADERS = {**ISOLATION, "Cache-Control": "no-cache", "Content-Security-Policy":
-                 "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"}
+                 "default-src 'self'; img-src 'self' data:; base-uri 'none'; object-src 'none'; form-action 'self'; "
+                 "frame-ancestors 'none'"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,9 @@ class Console:
 
     def route(self, method: str, path: str, if_none_match: str | None) -> Route | None:
         """The console's route for this request, or None when the path is not the console's."""
+        if method not in ("GET", "HEAD") and (path in ("/ui", "/ui/", "/ui/index.html")
+                                              or path.startswith(("/ui/console/", "/ui/api/"))):
+            raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
         if path in ("/ui", "/ui/", "/ui/index.html"):
             return "", "ConsolePage", lambda _: _serve(_file("index.html"), if_none_match, _PAGE_HEADERS)
         if m := _FILE.fullmatch(path):
@@ -81,13 +86,20 @@ class Console:
         if path == "/ui/api/models":
             return "", "ConsoleModels", lambda _: _json(self.models())
         if path == "/ui/api/metrics":
-            return "", "ConsoleMetrics", lambda _: _json({"models": self._metrics()})
+            return "", "ConsoleMetrics", lambda _: _json(self.metrics())
         if m := _LINEAGE.fullmatch(path):
             name, version = unquote(m.group(1)), int(m.group(2))
             return name, "GetLineage", lambda _: _json(self.lineage(name, version))
         if path.startswith("/ui/api/"):
             raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
         return None
+
+    def metrics(self) -> dict[str, Any]:
+        """The served models' counts (a name nobody serves, asked for by a stranger, is left out)
+        and the server's clock when they were read: the page's intervals are measured on it."""
+        served = set(self._service.models())
+        read_at = time.time()
+        return {"time": read_at, "models": {k: v for k, v in self._metrics().items() if k in served}}
 
     def models(self) -> dict[str, Any]:
         rules = self._guard.config.models
@@ -106,7 +118,7 @@ class Console:
             out.append({"name": name, "base_path": config.base_path if config else "",
                         "policy": _policy(config.policy) if config else "",
                         "labels": {k: v for k, v in sorted(labels.items())}, "versions": versions})
-        return {"models": out, "checks": {
+        return {"models": out, "auth": bool(self._guard.config.auth), "checks": {
             "signature": "verified at load against the trusted keys" if rules.require_signature else "not required",
             "graph_scan": {"enforce": "enforced at load", "warn": "run at load, warnings only",
                            "off": "off"}.get(rules.graph_scan, rules.graph_scan)}}

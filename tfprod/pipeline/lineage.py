@@ -59,7 +59,12 @@ def chain(version_dir: str, metadata_url: str = "") -> dict[str, Any]:
     except Exception as e:  # a URL SQLAlchemy cannot open
         raise LineageError(f"cannot open the metadata store {url}: {e}") from None
     try:
-        pushed = next((a for a in store.artifacts("PushedModel") if a.properties.get("path") == version_dir), None)
+        pushes = store.artifacts("PushedModel")
+        pushed = next((a for a in pushes if a.properties.get("path") == version_dir), None)
+        if pushed is None:  # copied since (a server's cache of object storage, another mount): the same push
+            model_id, number = audit["pipeline"].get("model_artifact"), os.path.basename(version_dir)
+            pushed = next((a for a in pushes if model_id is not None and a.properties.get("model_id") == model_id
+                           and str(a.properties.get("version")) == number), None)
         if pushed is None:
             raise LineageError(f"the store {url} has no push of {version_dir}")
         pusher = _produced_by(store, pushed)

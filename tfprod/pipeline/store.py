@@ -137,9 +137,15 @@ class MetadataStore:
         # what may be shown (audit metadata, lineage): the URL without its password
         self.public_url = sa.engine.make_url(url).render_as_string(hide_password=True)
         sqlite = url.startswith("sqlite")
-        self._engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if sqlite else {})
-        if sqlite:
-            event.listen(self._engine, "connect", _sqlite_pragmas)
+        database = sa.engine.make_url(url).database if sqlite else None
+        if sqlite and not create and database and database != ":memory:":
+            # a reader (`tfprod lineage`, the console) opens the file read-only: it never switches
+            # the journal mode nor waits on a writer's lock (WAL readers do not block)
+            self._engine = sa.create_engine(f"sqlite:///file:{os.path.abspath(database)}?mode=ro&uri=true")
+        else:
+            self._engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if sqlite else {})
+            if sqlite:
+                event.listen(self._engine, "connect", _sqlite_pragmas)
         # several processes opening a new store race on its migration: PostgreSQL serialises them
         # with an advisory lock, SQLite's losers retry
         for attempt in range(10 if create else 0):

@@ -64,6 +64,23 @@ function show(v) { // a value as a person reads it: 4 significant digits, {key: 
   return String(v);
 }
 
+function keeping(section, render) { // re-render a section, keeping open <details> and the focused control
+  const node = document.getElementById(section);
+  const open = new Set([...node.querySelectorAll("details[open] > summary")].map((s) => s.textContent));
+  const focused = node.contains(document.activeElement) ? document.activeElement.textContent : null;
+  render();
+  for (const summary of node.querySelectorAll("details > summary")) {
+    if (open.has(summary.textContent)) summary.parentElement.open = true;
+  }
+  if (focused !== null) {
+    let again = [...node.querySelectorAll("button, summary, a")].find((e) => e.textContent === focused);
+    if (again && again.disabled) { // pressed "Pause": focus moves on to the next action that applies ("Resume")
+      again = [...again.parentElement.querySelectorAll("button")].find((b) => !b.disabled) || null;
+    }
+    if (again) again.focus();
+  }
+}
+
 function pairs(doc) {
   return el("dl", {}, Object.entries(doc).map(([k, v]) => [el("dt", {}, k), el("dd", {}, show(v))]));
 }
@@ -96,7 +113,9 @@ function renderModels(doc) {
     const labels = Object.entries(m.labels).map(([k, v]) => `${k} → ${v}`).join(", ") || "none";
     const rows = m.versions.map((v) => {
       const links = [];
-      if (v.browser) links.push(el("a", { href: v.browser }, "In the browser"), " ");
+      if (v.browser) { // a page load sends no key: under auth the browser must send it as a header (docs/edge.md)
+        links.push(el("a", { href: v.browser }, "In the browser"), doc.auth ? " (send your key as X-API-Key) " : " ");
+      }
       if (v.lineage) {
         links.push(el("button", { type: "button", onclick: () => showLineage(m.name, v.version, v.lineage) },
           `Lineage of ${m.name} ${v.version}`));
@@ -118,8 +137,8 @@ function renderModels(doc) {
 
 // -- metrics -----------------------------------------------------------------------------------
 
-function minus(now, before) {
-  if (!before) return now;
+function minus(now, before) { // a histogram over the interval; a restarted server counts from zero again
+  if (!before || now.counts.some((c, i) => c < (before.counts[i] || 0))) return now;
   return { bounds: now.bounds, sum: now.sum - before.sum, counts: now.counts.map((c, i) => c - (before.counts[i] || 0)) };
 }
 
@@ -146,7 +165,8 @@ const fixed = (x, digits) => (x === null || x === undefined || Number.isNaN(x) ?
 
 function interval(now, before, dt) {
   const d = { requests: {}, latency: minus(now.latency_us, before && before.latency_us) };
-  for (const [k, n] of Object.entries(now.requests)) d.requests[k] = n - ((before && before.requests[k]) || 0);
+  const reset = before && Object.entries(before.requests).some(([k, n]) => (now.requests[k] || 0) < n);
+  for (const [k, n] of Object.entries(now.requests)) d.requests[k] = n - ((!reset && before && before.requests[k]) || 0);
   return { rate: sum(d.requests) / dt, errors: errors(d.requests) / dt, p50: ms(quantile(d.latency, 0.5)),
     p99: ms(quantile(d.latency, 0.99)), total: sum(now.requests), failed: errors(now.requests) };
 }
@@ -181,7 +201,12 @@ function chart(model, kind, title, series, data) {
 function renderMetrics(now, before, dt, at) {
   const body = document.getElementById("metrics-body");
   const names = Object.keys(now).sort();
-  if (!names.length) { body.replaceChildren(el("p", {}, "No requests yet.")); return; }
+  if (!names.length) {
+    body.replaceChildren(el("p", {}, "No requests yet."));
+    state.charts = {};
+    state.history = {};
+    return;
+  }
   for (const name of names) {
     const m = now[name], was = before && before[name];
     const h = state.history[name] || (state.history[name] = { t: [], versions: {}, errors: [], p50: [], p99: [] });
@@ -233,16 +258,23 @@ function renderMetrics(now, before, dt, at) {
 }
 
 async function refreshMetrics() {
-  const at = Date.now() / 1000;
   const doc = await api("/ui/api/metrics");
-  const before = state.metrics;
-  if (before) renderMetrics(doc.models, before.models, Math.max(at - before.at, 0.001), at);
+  const before = state.metrics, at = doc.time; // the server's clock: when the counts were read
+  if (before && at <= before.at) return;
+  if (before) renderMetrics(doc.models, before.models, at - before.at, at);
   state.metrics = { models: doc.models, at };
 }
 
 // -- rollouts ----------------------------------------------------------------------------------
 
+const ACTIONS = { // what each button does, and in which states it applies
+  pause: ["progressing"], resume: ["paused", "rolled_back", "aborted"],
+  promote: ["progressing", "paused", "rolled_back", "aborted"], abort: ["progressing", "paused"],
+};
+
 async function act(model, action) {
+  if ((action === "promote" || action === "abort") &&
+      !window.confirm(`${action === "promote" ? "Promote the canary of" : "Abort the rollout of"} ${model}?`)) return;
   try {
     await api(`/v1/rollouts/${encodeURIComponent(model)}:${action}`, { method: "POST" });
     alarm("");
@@ -270,8 +302,12 @@ function renderRollouts(list) {
           `${r.shadow.sample_percent}% of requests` : "none"),
         el("dt", {}, "Reason"), el("dd", {}, r.reason || "-"),
         el("dt", {}, "Failed intervals"), el("dd", {}, String(r.failures))),
-      el("div", { class: "actions" }, ["pause", "resume", "promote", "abort"].map((a) =>
-        el("button", { type: "button", onclick: () => act(r.model, a) }, `${a[0].toUpperCase()}${a.slice(1)} ${r.model}`))),
+      el("div", { class: "actions" }, Object.entries(ACTIONS).map(([a, states]) => {
+        const button = el("button", { type: "button", onclick: () => act(r.model, a) },
+          `${a[0].toUpperCase()}${a.slice(1)} ${r.model}`);
+        button.disabled = !states.includes(r.state);
+        return button;
+      })),
       analysis ? [el("h4", {}, `Last analysis (${analysis.time})`), pairs(analysis)]
         : el("p", { class: "note" }, `No analysis yet (every ${r.interval_s} s).`),
       r.history.length ? table(`History of the rollout of ${r.model}`, ["Time", "Event"],
@@ -289,7 +325,7 @@ async function refreshRollouts() {
   const json = JSON.stringify(list);
   if (json !== state.rolloutsJson) {
     state.rolloutsJson = json;
-    renderRollouts(list);
+    keeping("rollouts-body", () => renderRollouts(list));
   }
 }
 
@@ -331,24 +367,37 @@ async function refreshModels() {
   const json = JSON.stringify(doc);
   if (json !== state.modelsJson) {
     state.modelsJson = json;
-    renderModels(doc);
+    keeping("models-body", () => renderModels(doc));
   }
 }
 
-async function tick() {
+let paused = false, timer = null, lastSaid = "", running = false, again = false;
+
+function sayOnce(message) { // a live region: announce a change, not every read
+  if (message !== lastSaid) say(message);
+  lastSaid = message;
+}
+
+async function tick() { // one read at a time: a slow server must not get overlapping, out-of-order reads
+  if (running) { again = true; return; }
+  running = true;
+  clearTimeout(timer);
   try {
     await Promise.all([refreshModels(), refreshMetrics(), refreshRollouts()]);
-    say(`Updated ${new Date().toLocaleTimeString()}.`);
+    sayOnce(`Live: read every ${REFRESH_S} s.`);
     if (document.getElementById("alert").dataset.auth) { alarm(""); delete document.getElementById("alert").dataset.auth; }
   } catch (e) {
     if (e.status === 401 || e.status === 403) {
       alarm(`${e.message}. Enter an API key or token with the read scope above.`);
       document.getElementById("alert").dataset.auth = "1";
     } else {
-      say(`Could not read the server: ${e.message}`);
+      sayOnce(`Could not read the server: ${e.message}`);
       console.error(e);
     }
+  } finally {
+    running = false;
   }
+  if (again) { again = false; tick(); } else if (!paused) timer = setTimeout(tick, REFRESH_S * 1000);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -360,6 +409,12 @@ document.addEventListener("DOMContentLoaded", () => {
     state.modelsJson = state.rolloutsJson = "";
     tick();
   });
+  const pause = document.getElementById("pause");
+  pause.addEventListener("click", () => {
+    paused = !paused;
+    pause.textContent = paused ? "Resume updates" : "Pause updates";
+    pause.setAttribute("aria-pressed", String(paused));
+    if (paused) { clearTimeout(timer); say("Updates paused."); lastSaid = ""; } else tick();
+  });
   tick();
-  setInterval(tick, REFRESH_S * 1000);
 });
