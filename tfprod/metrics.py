@@ -100,7 +100,8 @@ class ServingMetrics(Collector):
                 self._latency[(model, api, entrypoint)].observe(seconds * 1e6)
 
     def record_version(self, model: str, version: int, status: str, seconds: float) -> None:
-        """A model call on one version (its time in the model, decoding and encoding aside)."""
+        """A call on one version: from taking its handle to its answer (decoding the inputs, batch
+        queueing and the model; the HTTP body and the output's encoding aside)."""
         with self._lock:
             self._version_requests[(model, version, status)] += 1
             if status == "OK":
