@@ -178,7 +178,7 @@ function chart(model, kind, title, series, data) {
     const holder = el("div", { "aria-hidden": "true" }); // drawn for the eye; the table above has the numbers
     const figure = el("figure", {}, holder, el("figcaption", {}, title));
     document.getElementById(`chart-${kind}-${model}`).replaceChildren(figure);
-    c = state.charts[id] = new uPlot({ width: 440, height: 180, title, series: [{}, ...series.map((s, i) =>
+    c = state.charts[id] = new uPlot({ width: 380, height: 180, title, series: [{}, ...series.map((s, i) =>
       ({ label: s, stroke: ["#0550ae", "#bf3989", "#1a7f37", "#9a6700", "#8250df"][i % 5], width: 2 }))],
     axes: [{}, { size: 60 }], // at least a minute across, so a few points do not spread over years
     scales: { x: { time: true, range: (u) => {
@@ -209,7 +209,7 @@ function renderMetrics(now, before, dt, at) {
   }
   for (const name of names) {
     const m = now[name], was = before && before[name];
-    const h = state.history[name] || (state.history[name] = { t: [], versions: {}, errors: [], p50: [], p99: [] });
+    const h = state.history[name] || (state.history[name] = { t: [], versions: {}, errors: [], p50: [], p99: [], batch: [], queue: [] });
     const model = interval(m, was, dt);
     const versions = Object.keys(m.versions).sort((a, b) => Number(a) - Number(b));
     const perVersion = Object.fromEntries(versions.map((v) =>
@@ -223,13 +223,15 @@ function renderMetrics(now, before, dt, at) {
     h.p50.push(model.p50);
     h.p99.push(model.p99);
     if (h.t.length > KEEP) {
-      for (const arr of [h.t, h.errors, h.p50, h.p99, ...Object.values(h.versions)]) arr.splice(0, arr.length - KEEP);
+      for (const arr of [h.t, h.errors, h.p50, h.p99, h.batch, h.queue, ...Object.values(h.versions)]) {
+        arr.splice(0, arr.length - KEEP);
+      }
     }
     let article = body.querySelector(`article[data-model="${CSS.escape(name)}"]`);
     if (!article) {
       if (body.querySelector("p")) body.replaceChildren();
       article = el("article", { "data-model": name }, el("h3", {}, name), el("div", { class: "numbers" }),
-        el("div", { class: "charts" }, el("div", { id: `chart-rate-${name}` }), el("div", { id: `chart-latency-${name}` })));
+        el("div", { class: "charts" }, ["rate", "latency", "batching"].map((k) => el("div", { id: `chart-${k}-${name}` }))));
       body.append(article);
     }
     const batching = m.batching.input_batch_size ? minus(m.batching.input_batch_size,
@@ -237,6 +239,8 @@ function renderMetrics(now, before, dt, at) {
     const queue = m.batching.queuing_latency ? minus(m.batching.queuing_latency,
       was && was.batching.queuing_latency) : null;
     const batches = batching ? sum(batching.counts) : 0;
+    h.batch.push(batches ? batching.sum / batches : null);
+    h.queue.push(queue ? ms(quantile(queue, 0.99)) : null);
     const rows = [["all APIs", model.total, model.failed, fixed(model.rate, 1), fixed(model.errors, 1),
       fixed(model.p50, 2), fixed(model.p99, 2)],
     ...versions.map((v) => [`version ${v}`, perVersion[v].total, perVersion[v].failed, fixed(perVersion[v].rate, 1),
@@ -254,6 +258,10 @@ function renderMetrics(now, before, dt, at) {
     chart(name, "rate", `Requests per second to ${name}, by version`,
       [...versions.map((v) => `version ${v}`), "errors"], [h.t, ...versions.map((v) => h.versions[v]), h.errors]);
     chart(name, "latency", `Latency of ${name} in ms (P50, P99)`, ["P50", "P99"], [h.t, h.p50, h.p99]);
+    if (m.batching.input_batch_size) {
+      chart(name, "batching", `Batching of ${name}: mean batch size, queueing P99 in ms`,
+        ["mean batch size", "queue P99 ms"], [h.t, h.batch, h.queue]);
+    }
   }
 }
 
