@@ -128,7 +128,7 @@ def test_models_section_shows_what_the_json_apis_say(served: ServerProcess, chro
                      for i in range(rows.count())}
             assert set(shown) == {s["version"] for s in model["model_version_status"]}
             for status in model["model_version_status"]:
-                state, labels, error, files, _ = shown[status["version"]]
+                state, labels, error, files, checked, _ = shown[status["version"]]
                 assert state == status["state"]
                 assert error == status["status"]["error_message"]
                 assert labels == ", ".join(sorted(k for k, v in model["version_labels"].items()
@@ -137,6 +137,12 @@ def test_models_section_shows_what_the_json_apis_say(served: ServerProcess, chro
         assert digits_rows.nth(0).locator("td").all_inner_texts()[:2] == ["END", ""]
         assert "Error parsing message" in digits_rows.nth(0).locator("td").nth(2).inner_text()  # why it failed
         assert digits_rows.nth(1).locator("td").nth(3).inner_text() == "TFLite, TF.js"
+        # what the security rules checked of each serving version when it loaded
+        console = {m["name"]: m for m in _get(served, "/ui/api/models")["models"]}
+        digits_1 = next(v for v in console["digits"]["versions"] if v["version"] == 1)["checked"]
+        assert digits_1 == {"signature": "not required", "graph_scan": "passed"}  # graph_scan = "warn" by default
+        assert digits_rows.nth(1).locator("td").nth(4).inner_text() == \
+            f"signature: {digits_1['signature']}; graph scan: {digits_1['graph_scan']}"
         assert tab.locator('#models article[data-model="digits"] a', has_text="In the browser").get_attribute(
             "href") == "/ui/models/digits/versions/1/browser"
         policy = 'dt:text("Version policy") + dd'

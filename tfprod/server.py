@@ -240,10 +240,12 @@ def run(options: ServerOptions) -> None:
         return saved_model.load(sid, path, options.saved_model_tags, options.batching, options.per_model_batching,
                                 metrics, session_config)
 
+    checked: dict[tuple[str, int], dict[str, str]] = {}  # what admission checked of each version (the console's)
+
     def load_and_warm(sid: ServableId, path: str) -> Servable:
         try:
-            check_version(guard.config.models, sid.name, sid.version, path, options.saved_model_tags,
-                          scan=not lite(path))
+            checked[(sid.name, sid.version)] = check_version(guard.config.models, sid.name, sid.version, path,
+                                                             options.saved_model_tags, scan=not lite(path))
         except ModelRefused as e:
             metrics.record_refusal(sid.name, e.reason)
             raise
@@ -328,7 +330,8 @@ def run(options: ServerOptions) -> None:
                 merged_for_console[:] = [time.monotonic(), pool_metrics().console()]
             return dict(merged_for_console[1])
 
-    console = Console(service, core, guard, console_metrics) if options.enable_console else None
+    console = Console(service, core, guard, console_metrics, lambda name, version: checked.get((name, version))) \
+        if options.enable_console else None
     app = RestApi(service, core, v2models, metrics, exposition, options.rest, guard, rollouts, console) \
         if options.rest_api_port else None
     grpc_pool = concurrent.futures.ThreadPoolExecutor(options.grpc.max_threads, thread_name_prefix="tfprod-grpc")

@@ -66,11 +66,13 @@ def _file(name: str) -> _File:
 
 class Console:
     def __init__(self, service: Service, core: ServerCore, guard: Guard,
-                 metrics: Callable[[], dict[str, Any]]) -> None:
+                 metrics: Callable[[], dict[str, Any]],
+                 checked: Callable[[str, int], dict[str, str] | None] = lambda name, version: None) -> None:
         self._service = service
         self._core = core
         self._guard = guard
         self._metrics = metrics  # ServingMetrics.console of this process, or of the pool's merged metrics
+        self._checked = checked  # what the security rules checked of a version when it loaded
 
     def route(self, method: str, path: str, if_none_match: str | None) -> Route | None:
         """The console's route for this request, or None when the path is not the console's."""
@@ -136,7 +138,7 @@ class Console:
         quoted = quote(name, safe="")
         tfjs = os.path.isfile(os.path.join(path, TFJS_DIR, MODEL_JSON))
         pipeline = (audit or {}).get("pipeline")
-        return {"signatures": signatures, "audit": audit or {},
+        return {"signatures": signatures, "audit": audit or {}, "checked": self._checked(name, version) or {},
                 "files": {"tflite": os.path.isfile(os.path.join(path, TFLITE_FILE)), "tfjs": tfjs},
                 "browser": f"/ui/models/{quoted}/versions/{version}/browser" if tfjs else "",
                 "lineage": f"/ui/api/models/{quoted}/versions/{version}/lineage"

@@ -105,7 +105,7 @@ function versionDetails(model, v) {
 function renderModels(doc) {
   const checks = doc.checks;
   document.getElementById("checks").textContent =
-    `Signed models: ${checks.signature}. Graph scan: ${checks.graph_scan}.`;
+    `The rules now — signed models: ${checks.signature}; graph scan: ${checks.graph_scan}.`;
   const body = document.getElementById("models-body");
   body.replaceChildren();
   if (!doc.models.length) body.append(el("p", {}, "This server serves no models."));
@@ -122,14 +122,16 @@ function renderModels(doc) {
       }
       const files = v.files ? [v.files.tflite ? "TFLite" : "", v.files.tfjs ? "TF.js" : ""].filter(Boolean)
         .join(", ") || "SavedModel" : "";
+      const checked = v.checked && v.checked.signature ?
+        `signature: ${v.checked.signature}; graph scan: ${v.checked.graph_scan}` : "";
       return [String(v.version), el("span", { class: `state-${v.state}` }, v.state), v.labels.join(", "),
-        el("span", { class: "error" }, v.error), files, el("span", {}, links)];
+        el("span", { class: "error" }, v.error), files, checked, el("span", {}, links)];
     });
     const article = el("article", { "data-model": m.name },
       el("h3", {}, m.name),
       el("dl", {}, el("dt", {}, "Base path"), el("dd", {}, m.base_path || "(not in the config)"),
         el("dt", {}, "Version policy"), el("dd", {}, m.policy || "-"), el("dt", {}, "Labels"), el("dd", {}, labels)),
-      table(`Versions of ${m.name}`, ["Version", "State", "Labels", "Error", "Files", "Links"], rows),
+      table(`Versions of ${m.name}`, ["Version", "State", "Labels", "Error", "Files", "Checked at load", "Links"], rows),
       m.versions.filter((v) => v.signatures).map((v) => versionDetails(m, v)));
     body.append(article);
   }
