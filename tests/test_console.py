@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -77,7 +78,8 @@ def _get(server: ServerProcess, path: str, key: str = "reader") -> Any:
     return r.json()
 
 
-def _open(chromium: Any, server: ServerProcess, key: str | None = "reader", csp: bool = False) -> Any:
+@contextlib.contextmanager
+def _open(chromium: Any, server: ServerProcess, key: str | None = "reader", csp: bool = False) -> Iterator[Any]:
     """A tab on the console. Playwright's waits evaluate strings, which the page's policy forbids:
     only the first test keeps the policy (a violation is a console error, which fails it)."""
     tab = chromium.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=not csp).new_page()
@@ -89,7 +91,10 @@ def _open(chromium: Any, server: ServerProcess, key: str | None = "reader", csp:
     tab.goto(f"{server.url}/ui/?refresh=0.5")
     if key is not None:
         _use_key(tab, key)
-    return tab
+    try:
+        yield tab
+    finally:
+        tab.context.close()
 
 
 def _use_key(tab: Any, key: str) -> None:
@@ -114,8 +119,7 @@ def _predict(server: ServerProcess, model: str, instances: list[Any], n: int) ->
 
 
 def test_models_section_shows_what_the_json_apis_say(served: ServerProcess, chromium: Any) -> None:
-    tab = _open(chromium, served, key=None, csp=True)
-    try:
+    with _open(chromium, served, key=None, csp=True) as tab:
         tab.wait_for_selector("#alert:not([hidden])")
         assert "API key" in tab.inner_text("#alert") and "Missing credentials" in tab.inner_text("#alert")
         _use_key(tab, "reader")
@@ -163,13 +167,10 @@ def test_models_section_shows_what_the_json_apis_say(served: ServerProcess, chro
         tab.wait_for_selector('#metrics article[data-model="hpt"] canvas', timeout=20_000)  # uPlot under the policy
         tab.screenshot(path=artifact_path("console-models.png"), full_page=True)
         assert tab.errors == []
-    finally:
-        tab.context.close()
 
 
 def test_live_metrics_move_as_requests_arrive(served: ServerProcess, chromium: Any) -> None:
-    tab = _open(chromium, served)
-    try:
+    with _open(chromium, served) as tab:
         _predict(served, "hpt", [1.0], 1)
         tab.wait_for_selector('#metrics article[data-model="hpt"] canvas', timeout=20_000)
         before = tab.evaluate("tfprodConsole.totals.hpt.total")
@@ -202,13 +203,10 @@ def test_live_metrics_move_as_requests_arrive(served: ServerProcess, chromium: A
         assert max(b or 0 for b in tab.evaluate("tfprodConsole.history.hpt.batch")) >= 1
         tab.screenshot(path=artifact_path("console-metrics.png"), full_page=True)
         assert tab.errors == []
-    finally:
-        tab.context.close()
 
 
 def test_rollout_buttons_act_for_an_admin_only(served: ServerProcess, chromium: Any) -> None:
-    tab = _open(chromium, served)
-    try:
+    with _open(chromium, served) as tab:
         tab.wait_for_selector('#rollouts article[data-rollout="hpt"]')
         rollout = _get(served, "/v1/rollouts")["rollouts"][0]
         assert tab.inner_text('#rollouts [data-field="weight"]') == f"{rollout['weight']:g}%"
@@ -238,14 +236,11 @@ def test_rollout_buttons_act_for_an_admin_only(served: ServerProcess, chromium: 
         _until(tab, "document.querySelector('#rollouts h3').textContent.includes('progressing')")
         assert _get(served, "/v1/rollouts")["rollouts"][0]["weight"] == 30
         assert tab.errors == []
-    finally:
-        tab.context.close()
 
 
 def test_the_console_is_usable_from_the_keyboard_and_by_a_screen_reader(served: ServerProcess,
                                                                          chromium: Any) -> None:
-    tab = _open(chromium, served)
-    try:
+    with _open(chromium, served) as tab:
         assert tab.title() == "tfprod console"
         tab.wait_for_selector('#metrics article[data-model="hpt"] canvas', timeout=20_000)
         axe = os.path.join(npm_package(AXE, "axe-core"), "node_modules", "axe-core", "axe.min.js")
@@ -270,8 +265,6 @@ def test_the_console_is_usable_from_the_keyboard_and_by_a_screen_reader(served: 
         assert tab.evaluate("document.activeElement.textContent") == "Resume hpt"  # focus moved on, not lost
         tab.keyboard.press("Enter")
         _until(tab, "document.querySelector('#rollouts h3').textContent.includes('progressing')")
-    finally:
-        tab.context.close()
 
 
 def test_make_demo_prints_the_console_and_it_shows_the_demo_model_live(chromium: Any, tmp_path: Any) -> None:

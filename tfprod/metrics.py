@@ -157,14 +157,14 @@ class ServingMetrics(Collector):
             for (name, api, _), h in self._latency.items():
                 if name and api in INFERENCE_APIS:  # not status, metadata or admin calls
                     _add(model(name)["latency_us"], h)
-            for (name, version, status), n in self._version_requests.items():
-                v = model(name)["versions"].setdefault(str(version), {"requests": {},
-                                                                      "latency_us": _empty(LATENCY_BUCKETS_US)})
-                v["requests"][status] = n
-            for (name, version), h in self._version_latency.items():
-                v = model(name)["versions"].setdefault(str(version), {"requests": {},
-                                                                      "latency_us": _empty(LATENCY_BUCKETS_US)})
-                _add(v["latency_us"], h)
+            def version(name: str, number: int) -> dict[str, Any]:
+                return model(name)["versions"].setdefault(str(number), {"requests": {},
+                                                                        "latency_us": _empty(LATENCY_BUCKETS_US)})
+
+            for (name, number, status), n in self._version_requests.items():
+                version(name, number)["requests"][status] = n
+            for (name, number), h in self._version_latency.items():
+                _add(version(name, number)["latency_us"], h)
             for (kind, name), h in self._batching.items():
                 if kind in ("queuing_latency", "input_batch_size"):
                     model(name)["batching"][kind] = {"bounds": list(h.bounds), "counts": list(h.counts),

@@ -65,7 +65,7 @@ class UiRoutes:
 
     def _static(self, name: str, file: str, if_none_match: str | None) -> Response:
         self._service.version_dir(ModelSpec(name, None))  # a model this server serves (else NOT_FOUND)
-        return _file(page.static_file(file), if_none_match, f"no file {file}")
+        return file_response(page.static_file(file), if_none_match, f"no file {file}")
 
     def _page(self, name: str, version: int | None) -> Response:
         version, path = self._service.version_dir(ModelSpec(name, version))
@@ -85,7 +85,7 @@ class UiRoutes:
         version, path = self._service.version_dir(ModelSpec(name, version))
         signed = self._signed_files(name, version, path)
         found = signed.get(file) if signed is not None else page.model_file(os.path.join(path, TFJS_DIR), file)
-        return _file(found, if_none_match, f"version {version} of model '{name}' has no TF.js file {file}")
+        return file_response(found, if_none_match, f"version {version} of model '{name}' has no TF.js file {file}")
 
     def _signed_files(self, name: str, version: int, path: str) -> dict[str, page.File] | None:
         """None when versions need no signature; else the tfjs/ files as read while the version's
@@ -142,10 +142,12 @@ def _stamp(path: str) -> object:
     return tuple(sorted(found))
 
 
-def _file(found: page.File | None, if_none_match: str | None, missing: str) -> Response:
+def file_response(found: page.File | None, if_none_match: str | None, missing: str,
+                  extra_headers: dict[str, str] | None = None) -> Response:
+    """A file with its ETag (304 when the caller has it), or NOT_FOUND saying `missing`."""
     if found is None:
         raise ServingError(Code.NOT_FOUND, missing)
-    headers = found.headers()
+    headers = {**found.headers(), **(extra_headers or {})}
     if if_none_match and if_none_match.strip() == headers["ETag"]:
         return Response(status_code=304, headers=headers)
     return Response(found.content, media_type=found.media_type, headers=headers)

@@ -26,9 +26,10 @@ from urllib.parse import quote, unquote
 from starlette.responses import Response
 from tensorflow.core.framework import types_pb2
 
+from tfprod.api.ui import file_response
 from tfprod.codec import json_tensor, messages
 from tfprod.core.states import State
-from tfprod.edge.page import ISOLATION
+from tfprod.edge import page
 from tfprod.edge.tfjs import MODEL_JSON, TFJS_DIR
 from tfprod.errors import Code, ServingError
 from tfprod.security.guard import Guard
@@ -44,24 +45,16 @@ _FILE = re.compile(r"/ui/console/(.+)")
 _LINEAGE = re.compile(r"/ui/api/models/([^/]+)/versions/(\d+)/lineage")
 Route = tuple[str, str, Callable[[bytes], Response]]
 # The page can run any script it loads; it loads only its own (no CDN, no inline script).
-_PAGE_HEADERS = {**ISOLATION, "Cache-Control": "no-cache", "Content-Security-Policy":
-                 "default-src 'self'; img-src 'self' data:; base-uri 'none'; object-src 'none'; form-action 'self'; "
-                 "frame-ancestors 'none'"}
-
-
-@dataclasses.dataclass(frozen=True)
-class _File:
-    content: bytes
-    media_type: str
-    etag: str
+_POLICY = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                                      "object-src 'none'; form-action 'self'; frame-ancestors 'none'"}
 
 
 @functools.cache
-def _file(name: str) -> _File:
+def _file(name: str) -> page.File:
     with open(os.path.join(STATIC_DIR, name), "rb") as f:
         content = f.read()
-    return _File(content, "text/html; charset=utf-8" if name == "index.html" else _FILES[name],
-                 hashlib.sha256(content).hexdigest()[:32])
+    return page.File(content, "text/html; charset=utf-8" if name == "index.html" else _FILES[name],
+                     hashlib.sha256(content).hexdigest()[:32])
 
 
 class Console:
@@ -80,11 +73,11 @@ class Console:
                                               or path.startswith(("/ui/console/", "/ui/api/"))):
             raise ServingError(Code.NOT_FOUND, f"Malformed request: {method} {path}")
         if path in ("/ui", "/ui/", "/ui/index.html"):
-            return "", "ConsolePage", lambda _: _serve(_file("index.html"), if_none_match, _PAGE_HEADERS)
+            return "", "ConsolePage", lambda _: file_response(_file("index.html"), if_none_match, "", _POLICY)
         if m := _FILE.fullmatch(path):
-            if m.group(1) not in _FILES:
-                raise ServingError(Code.NOT_FOUND, f"the console has no file {m.group(1)}")
-            return "", "ConsoleFiles", lambda _: _serve(_file(m.group(1)), if_none_match, _PAGE_HEADERS)
+            found = _file(m.group(1)) if m.group(1) in _FILES else None
+            return "", "ConsoleFiles", lambda _: file_response(found, if_none_match,
+                                                              f"the console has no file {m.group(1)}", _POLICY)
         if path == "/ui/api/models":
             return "", "ConsoleModels", lambda _: _json(self.models())
         if path == "/ui/api/metrics":
@@ -170,10 +163,3 @@ def _policy(policy: Any) -> str:
 
 def _json(doc: Any) -> Response:
     return Response(json_tensor.dumps(doc), media_type="application/json", headers={"Cache-Control": "no-store"})
-
-
-def _serve(found: _File, if_none_match: str | None, headers: dict[str, str]) -> Response:
-    headers = {**headers, "ETag": f'"{found.etag}"'}
-    if if_none_match and if_none_match.strip() == headers["ETag"]:
-        return Response(status_code=304, headers=headers)
-    return Response(found.content, media_type=found.media_type, headers=headers)
